@@ -1,0 +1,143 @@
+"""A transfer experiment: pretrain each source, run every arm on the target for every seed
+and learning rate, then write the report. Resumable as a whole: finished runs are skipped
+and unfinished ones resume from their own checkpoints.
+
+Layout (the report reads it; see igpt/metrics.py for the run files):
+  EXP/experiment.json                 what was asked, and whether it is complete
+  EXP/sources/<source>/               pretraining runs
+  EXP/target/<arm>/lr<lr>/seed<k>/    target runs; arm "scratch" is the baseline, others are
+                                      "<source>/<mode>" (a "/" becomes "__" in the directory)
+  EXP/report/                         report.html, report.md, figures, summary.json
+Fairness: within a seed every arm sees the same target data order, token budget and schedule;
+with several learning rates each arm is reported at its own best rate on the eval split.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+
+from igpt import distributed, sharding, transfer_init
+from igpt.metrics import read_run_info, write_run_info
+from igpt.train import base_config, optim_config, train
+
+SCRATCH = "scratch"
+
+
+def experiment_config() -> ml_collections.ConfigDict:
+    """Fields every experiment config fills (configs/demo_transfer.py is the example)."""
+    return ml_collections.ConfigDict(dict(
+        name="experiment",
+        model=ml_collections.ConfigDict(),      # one body shape for sources and target
+        sources=ml_collections.ConfigDict(),    # name -> data spec (igpt.data.specs)
+        source_optim=optim_config(),
+        source_train=ml_collections.ConfigDict(),
+        target=ml_collections.ConfigDict(),     # data spec of the target modality
+        target_optim=optim_config(),
+        target_train=ml_collections.ConfigDict(),
+        arms=(SCRATCH,),                        # "scratch" | "<source>/full" | "<source>/frozen_body" | "<source>/layers=0,1"
+        seeds=(0, 1, 2),
+        lrs=(3e-4,),                            # target learning-rate grid, run for every arm
+        positions="interpolate",
+        mesh=sharding.mesh_config(),
+        axis_rules=sharding.DEFAULT_RULES,
+        distributed=distributed.distributed_config(),
+        report=ml_collections.ConfigDict(dict(log_x=False, targets=())),
+    ))
+
+
+def parse_arm(arm: str, sources: list[str], num_layers: int) -> tuple[str, str, tuple[int, ...]]:
+    """'prose/layers=0,1' -> ('prose', 'layers', (0, 1)); 'scratch' -> ('', 'scratch', ())."""
+    if arm == SCRATCH:
+        return "", SCRATCH, ()
+    source, _, mode = arm.partition("/")
+    layers: tuple[int, ...] = ()
+    if mode.startswith("layers="):
+        mode, layers = "layers", tuple(int(i) for i in mode[len("layers="):].split(",") if i)
+    if source not in sources or mode not in transfer_init.MODES or mode == SCRATCH:
+        raise transfer_init.TransferError(
+            f"arm {arm!r}: write 'scratch' or '<source>/<mode>' with a source in {sources} and a mode in "
+            "full, frozen_body, layers=i,j.")
+    transfer_init.check_mode(mode, layers, num_layers)
+    return source, mode, layers
+
+
+def _run_config(c, data, optim, train_cfg, seed: int) -> ml_collections.ConfigDict:
+    cfg = base_config(model=c.model, data=data, optim=optim, train=train_cfg, seed=seed)
+    cfg.mesh, cfg.axis_rules, cfg.distributed = c.mesh, c.axis_rules, c.distributed
+    return cfg
+
+
+def source_runs(c) -> dict[str, ml_collections.ConfigDict]:
+    return {name: _run_config(c, c.sources[name], c.source_optim, c.source_train, seed=0)
+            for name in c.sources}
+
+
+def target_runs(c, exp_dir: Path) -> dict[str, tuple[ml_collections.ConfigDict, dict[str, Any]]]:
+    """Relative run dir -> (config, run.json info) for every arm x lr x seed."""
+    runs = {}
+    for arm in c.arms:
+        source, mode, layers = parse_arm(arm, list(c.sources), c.model.num_layers)
+        for lr in c.lrs:
+            for seed in c.seeds:
+                data = ml_collections.ConfigDict(c.target.to_dict())
+                data.seed = seed  # the same data order for every arm within a seed
+                optim = ml_collections.ConfigDict(c.target_optim.to_dict())
+                optim.lr = lr
+                cfg = _run_config(c, data, optim, c.target_train, seed=seed)
+                cfg.init = transfer_init.init_config(
+                    mode, str(exp_dir / "sources" / source) if source else "", layers, c.positions)
+                rel = f"target/{arm.replace('/', '__')}/lr{lr:g}/seed{seed}"
+                runs[rel] = (cfg, {"role": "target", "arm": arm, "seed": seed, "lr": lr, "mode": mode,
+                                   "source": source or None})
+    return runs
+
+
+def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
+    if jax.process_index() != 0:
+        return
+    info = {"name": c.name, "target": c.target.source, "sources": list(c.sources), "arms": list(c.arms),
+            "seeds": list(c.seeds), "lrs": list(c.lrs), "complete": complete}
+    tmp = exp_dir / "experiment.json.tmp"
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, exp_dir / "experiment.json")
+
+
+def _train_once(cfg, run_dir: Path, info: dict[str, Any], c, log) -> None:
+    if read_run_info(run_dir).get("finished"):
+        log(f"  done already: {run_dir}")
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    base = dict(info, name=str(run_dir.name), experiment=c.name, finished=False)
+    if jax.process_index() == 0:
+        write_run_info(run_dir, base)
+    log(f"  training {run_dir}")
+    result = train(cfg, run_dir)
+    if result.get("preempted"):
+        raise SystemExit(f"preempted during {run_dir}; rerun the same command to resume the experiment.")
+    if jax.process_index() == 0:
+        write_run_info(run_dir, dict(base, finished=True))
+
+
+def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print) -> Path:
+    """Runs (or resumes) everything and returns the experiment directory."""
+    exp_dir = Path(exp_dir).expanduser().absolute()
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    distributed.maybe_initialize(c.distributed)
+    targets = target_runs(c, exp_dir)  # validates every arm before any training
+    _write_experiment(exp_dir, c, complete=False)
+    jax.config.update("jax_compilation_cache_dir", str(exp_dir / ".jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    for name, cfg in source_runs(c).items():
+        log(f"source {name}: pretraining on {cfg.data.source}")
+        _train_once(cfg, exp_dir / "sources" / name, {"role": "source", "arm": None, "seed": 0,
+                                                      "lr": cfg.optim.lr, "mode": None, "source": name}, c, log)
+    for rel, (cfg, info) in targets.items():
+        log(f"target arm {info['arm']} lr {info['lr']:g} seed {info['seed']}")
+        _train_once(cfg, exp_dir / rel, info, c, log)
+    _write_experiment(exp_dir, c, complete=True)
+    return exp_dir

@@ -1,0 +1,110 @@
+"""Starting a run from another modality's checkpoint: which weights to carry, which to train.
+
+Modes (config `init.mode`):
+  scratch      fresh weights, all trained (the baseline).
+  full         body carried over and trained; token embeddings and head carried when their
+               shapes match, re-initialised when the vocabulary differs.
+  frozen_body  attention and MLP weights carried and frozen; embeddings, positions, norms
+               and head trained (the Frozen Pretrained Transformer recipe).
+  layers       the blocks in `init.layers` trained, the other blocks frozen; embeddings,
+               positions, final norm and head trained (partial bridge training).
+Pure functions over nnx.State trees, keyed by parameter paths.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+MODES = ("scratch", "full", "frozen_body", "layers")
+TRAIN, FREEZE = "train", "freeze"
+
+
+class TransferError(ValueError):
+    """A source checkpoint that cannot initialise this model."""
+
+
+def init_config(mode: str = "scratch", source: str = "", layers: Sequence[int] = (),
+                positions: str = "interpolate") -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(
+        mode=mode,             # one of MODES
+        source=source,         # workdir of the pretrained run ("" for scratch)
+        layers=tuple(layers),  # blocks trained in mode "layers"
+        positions=positions,   # "interpolate" | "reinit" when sequence lengths differ
+    ))
+
+
+def _names(path) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _block_index(names: tuple[str, ...]) -> int | None:
+    return int(names[1]) if len(names) > 1 and names[0] == "blocks" else None
+
+
+def _is_body_weight(names: tuple[str, ...]) -> bool:
+    """Attention and MLP weights of a block (not its norms)."""
+    return _block_index(names) is not None and names[2] in ("attn", "mlp")
+
+
+def check_mode(mode: str, layers: Sequence[int], num_layers: int) -> None:
+    if mode not in MODES:
+        raise TransferError(f"unknown init.mode {mode!r}; choose one of {MODES}.")
+    bad = [i for i in layers if not 0 <= i < num_layers]
+    if mode == "layers" and (not layers or bad):
+        raise TransferError(f"init.layers={tuple(layers)} must list block indices in [0, {num_layers}) "
+                            "for mode 'layers', e.g. --config.init.layers='(0,1)'.")
+
+
+def param_labels(params: Any, mode: str, layers: Sequence[int] = ()) -> Any:
+    """A tree like `params` of 'train' / 'freeze' labels for optax.multi_transform."""
+    def label(path, _):
+        names = _names(path)
+        if mode == "frozen_body" and _is_body_weight(names):
+            return FREEZE
+        if mode == "layers" and _block_index(names) is not None and _block_index(names) not in layers:
+            return FREEZE
+        return TRAIN
+    return jax.tree_util.tree_map_with_path(label, params)
+
+
+def interpolate_positions(table: jax.Array, length: int) -> jax.Array:
+    """Linear interpolation of a [T, d] position table to [length, d]."""
+    old = np.linspace(0.0, 1.0, table.shape[0])
+    new = np.linspace(0.0, 1.0, length)
+    return jax.vmap(lambda col: jnp.interp(new, old, col), in_axes=1, out_axes=1)(table.astype(jnp.float32))
+
+
+def transplant(target: Any, source: Any, positions: str = "interpolate") -> Any:
+    """Target params with every source weight of the same path carried over.
+
+    Blocks and norms must match in shape (else width/depth differ: an error); the token
+    embedding and head are kept fresh when their shapes differ (another vocabulary); the
+    position table is interpolated or kept fresh when lengths differ."""
+    src = {_names(p): v for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+    tgt_names = {_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
+    src_blocks = {n[1] for n in src if n[0] == "blocks"}
+    tgt_blocks = {n[1] for n in tgt_names if n[0] == "blocks"}
+    if src_blocks != tgt_blocks:
+        raise TransferError(f"source has {len(src_blocks)} blocks, target {len(tgt_blocks)}: depths differ. "
+                            "Use a target model config with the source's num_layers.")
+
+    def carry(path, fresh):
+        names = _names(path)
+        old = src.get(names)
+        if old is None:
+            return fresh
+        if old.shape == fresh.shape:
+            return jax.device_put(old.astype(fresh.dtype), fresh.sharding)
+        if names[0] in ("embed", "head"):
+            return fresh
+        if names[0] == "pos" and old.shape[1:] == fresh.shape[1:]:
+            if positions == "reinit":
+                return fresh
+            return jax.device_put(interpolate_positions(old, fresh.shape[0]).astype(fresh.dtype), fresh.sharding)
+        raise TransferError(f"parameter {'/'.join(names)}: source shape {tuple(old.shape)} vs target "
+                            f"{tuple(fresh.shape)}; widths differ. Use the source's model width and heads.")
+    return jax.tree_util.tree_map_with_path(carry, target)
