@@ -19,10 +19,16 @@ def _run(argv) -> None:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.train.steps=100.")
     from igpt.errors import fail_clearly
     from igpt.train import train
+    from igpt import distributed
     with fail_clearly():
         train(_CONFIG.value, _WORKDIR.value)
+    distributed.shutdown()  # after success only: a failed process must not wait on its peers
 
 
 def main() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
     app.run(_run, argv=sys.argv)
+
+
+if __name__ == "__main__":
+    main()

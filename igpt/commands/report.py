@@ -1,0 +1,61 @@
+"""igpt-report: turn run and experiment directories into a transfer report (no jax needed).
+
+  igpt-report runs/prose_to_images --out reports/prose_to_images [--log-x] [--targets 3.2,3.0]
+Writes report.html (self-contained), report.md, summary.json and PNG curves into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from igpt.report import write_report
+
+
+def _targets(text: str) -> list[float]:
+    try:
+        return [float(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--targets {text!r}: expected comma-separated losses in bits/token, e.g. 3.2,3.0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse arguments, write the report, print where it is; 2 on bad input."""
+    parser = argparse.ArgumentParser(
+        prog="igpt-report", description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("inputs", nargs="+", metavar="RUN_OR_EXPERIMENT_DIR",
+                        help="run directories (metrics.jsonl, run.json) or experiment "
+                             "directories (experiment.json); searched recursively")
+    parser.add_argument("--out", required=True, help="report directory (replaced whole)")
+    parser.add_argument("--log-x", action="store_true", help="log-scale step/token axes")
+    parser.add_argument("--targets", type=_targets, default=None,
+                        help="eval losses in bits/token to time, e.g. 3.2,3.0 (default: from "
+                             "the scratch arm's curve)")
+    args = parser.parse_args(argv)
+    if args.targets is not None and not args.targets:
+        parser.error("--targets is empty; give losses in bits/token, e.g. 3.2,3.0")
+    missing = [p for p in args.inputs if not Path(p).is_dir()]
+    if missing:
+        parser.error(f"no such directory: {', '.join(missing)}")
+    try:
+        summary = write_report(args.inputs, args.out, log_x=args.log_x, targets=args.targets)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"igpt-report: error: {e}", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    for exp in summary["experiments"]:
+        print(f"{exp['name']} ({exp['status']}), target {exp['target']}:")
+        for arm, h in exp["headline"].items():
+            speed = (f"{'>=' if h['lower_bound'] else ''}{h['speedup']:.2f}x "
+                     f"[{h['lo']:.2f}, {h['hi']:.2f}]" if h["reached"] else "not reached")
+            print(f"  {arm}: {speed} ({h['n_reached']}/{h['n_seeds']} seeds)")
+    if summary["runs_without_metrics"]:
+        print(f"runs with no metrics: {', '.join(summary['runs_without_metrics'])}")
+    print(f"report: {out / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""igpt-transfer --config configs/X.py --workdir EXP [--config.a.b=v ...]
+
+Pretrains each source, runs every arm on the target, writes EXP/report, and prints the
+headline speedups. Rerun the same command after a kill or preemption to continue.
+"""
+from __future__ import annotations
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config with get_config().", lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Experiment directory (created; resumed if it exists).")
+
+
+def _run(argv) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.seeds='(0,1)'.")
+    from igpt.errors import fail_clearly
+    from igpt.experiment import run_experiment
+    from igpt.report import write_report, headline
+    with fail_clearly():
+        exp_dir = run_experiment(_CONFIG.value, _WORKDIR.value)
+        import jax
+        if jax.process_index() == 0:
+            summary = write_report([exp_dir], exp_dir / "report", log_x=_CONFIG.value.report.log_x,
+                                   targets=list(_CONFIG.value.report.targets) or None)
+            print(headline(summary, exp_dir / "report"))
+
+
+def main() -> None:
+    flags.mark_flags_as_required(["config", "workdir"])
+    app.run(_run, argv=sys.argv)
+
+
+if __name__ == "__main__":
+    main()
