@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from igpt.report import write_report
+from igpt.report import headline, write_report
 
 
 def _targets(text: str) -> list[float]:
@@ -44,16 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"igpt-report: error: {e}", file=sys.stderr)
         return 2
-    out = Path(args.out)
-    for exp in summary["experiments"]:
-        print(f"{exp['name']} ({exp['status']}), target {exp['target']}:")
-        for arm, h in exp["headline"].items():
-            speed = (f"{'>=' if h['lower_bound'] else ''}{h['speedup']:.2f}x "
-                     f"[{h['lo']:.2f}, {h['hi']:.2f}]" if h["reached"] else "not reached")
-            print(f"  {arm}: {speed} ({h['n_reached']}/{h['n_seeds']} seeds)")
-    if summary["runs_without_metrics"]:
-        print(f"runs with no metrics: {', '.join(summary['runs_without_metrics'])}")
-    print(f"report: {out / 'report.html'}")
+    print(headline(summary, Path(args.out)))
     return 0
 
 
