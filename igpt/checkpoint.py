@@ -72,6 +72,12 @@ class Checkpointer:
             state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
         return out.state, out.meta
 
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """Only the params, onto the shardings in `abstract_params` (sampling, evaluation)."""
+        out = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.PyTreeRestore(item={"params": abstract_params}, partial_restore=True)))
+        return out.state["params"]
+
     def wait(self) -> None:
         self.manager.wait_until_finished()
 

@@ -129,12 +129,11 @@ def make_step_fns(graphdef: Any, tx: optax.GradientTransformation, bos_id: int,
     return StepFns(train_step, eval_step)
 
 
-def create_state(cfg: ml_collections.ConfigDict, vocab_size: int, seq_len: int,
+def create_state(cfg: ml_collections.ConfigDict, vocab_size: int, seq_len: int, mesh: jax.sharding.Mesh,
                  tx: optax.GradientTransformation | None = None) -> tuple[Any, dict[str, Any]]:
-    """(graphdef, state) with every array already sharded on the active mesh."""
+    """(graphdef, state) with every array already sharded on `mesh` (which must be set)."""
     model = Transformer(cfg.model, vocab_size, seq_len, rngs=nnx.Rngs(cfg.seed))
     graphdef, params = nnx.split(model, nnx.Param)
-    mesh = jax.sharding.get_abstract_mesh()
     put = lambda x: jax.device_put(x, sharding.replicated(mesh))
     state = {"params": params, "step": put(jnp.zeros((), jnp.int32)),
              "rng": put(jax.random.key_data(jax.random.key(cfg.seed)))}
@@ -213,7 +212,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]
                            nnx.Param)
         labels = transfer_init.param_labels(shapes, cfg.init.mode, cfg.init.layers)
         tx = make_optimizer(cfg.optim, schedule, labels)
-        graphdef, state = create_state(cfg, vocab, seq_len, tx)
+        graphdef, state = create_state(cfg, vocab, seq_len, mesh, tx)
         ckpt = checkpoint.Checkpointer(workdir, cfg.train.keep_checkpoints, cfg.train.async_checkpoint)
         start = ckpt.latest_step()
         if start is not None:
@@ -286,6 +285,8 @@ def _loop(cfg, workdir, mesh, rules, state, train_step, eval_step, train_ds, eva
             if stop:
                 progress.message(f"SIGTERM: saved step {step}; exiting. Rerun the same command to resume.")
                 break
+            if boundary or step % t.eval_every == 0:
+                tick = time.perf_counter()  # eval and save time is not step time
         if pending is not None:
             flush(pending)
         ckpt.wait()

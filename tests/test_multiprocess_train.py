@@ -1,0 +1,65 @@
+"""Two processes (4 CPU devices each, gloo) train and checkpoint; one process with 8 devices
+restores that checkpoint onto other meshes and gets the same parameters and eval loss."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from igpt import checkpoint, sharding
+from igpt.data import pipeline
+from igpt.metrics import read_metrics
+from igpt.train import abstract, create_state, evaluate, make_step_fns, optim_config
+from trainer_fixtures import REPO, committed_steps, tiny_config
+
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory, data_dir):
+    workdir = tmp_path_factory.mktemp("two_process")
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["PYTHONUNBUFFERED"] = "1"
+    out = subprocess.run(
+        [sys.executable, "scripts/launch_local.py", "--num-processes", "2", "--devices-per-process", "4", "--",
+         sys.executable, "-m", "igpt.commands.train", "--config=tests/tiny_config.py", f"--workdir={workdir}",
+         f"--config.data.data_dir={data_dir}", f"--config.train.steps={STEPS}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    assert "[p1]" in out.stdout + out.stderr
+    return workdir
+
+
+def _restore(workdir, data_dir, mesh_shape):
+    cfg = tiny_config(data_dir, steps=STEPS, data=mesh_shape[0], fsdp=mesh_shape[1], tensor=mesh_shape[2])
+    mesh = sharding.make_mesh(cfg.mesh)
+    rules = tuple(cfg.axis_rules)
+    tokenizer = pipeline.build_tokenizer(cfg.data, cache_dir=str(workdir / "tokenizer"))
+    eval_ds = pipeline.build_dataset(cfg.data, cfg.data.eval_split, tokenizer)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        graphdef, fresh = create_state(cfg, tokenizer.vocab_size, cfg.data.seq_len, mesh)
+        ckpt = checkpoint.Checkpointer(workdir)
+        params = ckpt.restore_params(STEPS, abstract(fresh["params"]))
+        ckpt.close()
+        fns = make_step_fns(graphdef, None, tokenizer.vocab_size, optim_config(), nan_step=-1)
+        loss = evaluate(jax.jit(fns.eval), {"params": params}, eval_ds, cfg.train.eval_batches,
+                        cfg.train.global_batch, mesh, rules)
+    flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return flat, loss, params
+
+
+def test_two_processes_train_and_restore_in_one(two_process_run, data_dir):
+    assert STEPS in committed_steps(two_process_run)
+    records = read_metrics(two_process_run)
+    final_eval = [r["loss"] for r in records if r["split"] == "eval" and r["step"] == STEPS][0]
+    a, loss_a, params_a = _restore(two_process_run, data_dir, (8, 1, 1))
+    b, loss_b, _ = _restore(two_process_run, data_dir, (2, 2, 2))
+    assert a.keys() == b.keys()
+    assert all(np.array_equal(a[k], b[k]) for k in a), "restores onto two meshes must be bitwise equal"
+    assert {d.id for d in jax.tree.leaves(params_a)[0].sharding.device_set} == set(range(8))
+    np.testing.assert_allclose([loss_a, loss_b], final_eval, rtol=1e-5)
