@@ -21,19 +21,39 @@ class CheckpointMismatchError(ValueError):
     """The checkpoint was written by a model of another shape."""
 
 
+def _leaf_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
+    """Leaf shapes keyed by path names as strings, so a live tree (attributes, int indices)
+    and orbax's metadata tree (dict keys) of the same state key alike."""
+    def name(k) -> str:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                return str(getattr(k, attr))
+        return str(k)
+    return {tuple(name(k) for k in path): tuple(leaf.shape)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
 def _shape_mismatches(abstract: Any, saved: Any, limit: int = 5) -> list[str]:
+    want, have = _leaf_shapes(abstract), _leaf_shapes(saved)
     found = []
-    saved_flat = dict(jax.tree_util.tree_flatten_with_path(saved)[0])
-    for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-        other = saved_flat.get(path)
-        name = jax.tree_util.keystr(path)
-        if other is None:
-            found.append(f"{name}: missing in the checkpoint")
-        elif tuple(other.shape) != tuple(leaf.shape):
-            found.append(f"{name}: checkpoint {tuple(other.shape)} vs model {tuple(leaf.shape)}")
-        if len(found) >= limit:
-            break
-    return found
+    for path, shape in want.items():
+        if path not in have:
+            found.append(f"{'/'.join(path)}: missing in the checkpoint")
+        elif have[path] != shape:
+            found.append(f"{'/'.join(path)}: checkpoint {have[path]} vs model {shape}")
+    found += [f"{'/'.join(p)}: in the checkpoint, not in the model" for p in have if p not in want]
+    return found[:limit]
+
+
+def _restore_args(abstract: Any, partial: bool = False) -> ocp.args.PyTreeRestore:
+    """Restore onto the shapes, dtypes and shardings of `abstract` (any mesh)."""
+    return ocp.args.PyTreeRestore(item=abstract, partial_restore=partial,
+                                  restore_args=ocp.checkpoint_utils.construct_restore_args(abstract))
+
+
+def _handlers() -> dict[str, ocp.CheckpointHandler]:
+    """Named handlers, so a fresh manager can read item metadata before its first save."""
+    return {"state": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
 
 
 class Checkpointer:
@@ -45,7 +65,7 @@ class Checkpointer:
             self.directory,
             options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, enable_async_checkpointing=async_save, create=True),
-            item_names=("state", "meta"),
+            item_handlers=_handlers(),
         )
 
     def latest_step(self) -> int | None:
@@ -54,7 +74,7 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Starts a save; with async saving it returns once the arrays are copied off device."""
         self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+            state=ocp.args.PyTreeSave(state), meta=ocp.args.JsonSave(meta)), force=True)
 
     def read_meta(self, step: int) -> dict[str, Any]:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
@@ -69,13 +89,13 @@ class Checkpointer:
                 + "\n  ".join(bad)
                 + "\nResume with the config that wrote it, or start in a fresh --workdir.")
         out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+            state=_restore_args(abstract_state), meta=ocp.args.JsonRestore()))
         return out.state, out.meta
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:
         """Only the params, onto the shardings in `abstract_params` (sampling, evaluation)."""
         out = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item={"params": abstract_params}, partial_restore=True)))
+            state=_restore_args({"params": abstract_params}, partial=True)))
         return out.state["params"]
 
     def wait(self) -> None:
@@ -95,7 +115,7 @@ def restore_params(run_dir: str | os.PathLike, sharding: jax.sharding.Sharding,
     if not directory.is_dir():
         raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT_SUBDIR}/ directory: it is not an igpt run "
                                 "with checkpoints. Pretrain it first, or fix the source path.")
-    manager = ocp.CheckpointManager(directory, item_names=("state", "meta"),
+    manager = ocp.CheckpointManager(directory, item_handlers=_handlers(),
                                     options=ocp.CheckpointManagerOptions(read_only=True))
     try:
         step = manager.latest_step() if step is None else step
@@ -104,7 +124,7 @@ def restore_params(run_dir: str | os.PathLike, sharding: jax.sharding.Sharding,
         saved = manager.item_metadata(step)["state"]["params"]
         abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding), saved)
         out = manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.PyTreeRestore(item={"params": abstract}, partial_restore=True),
+            state=_restore_args({"params": abstract}, partial=True),
             meta=ocp.args.JsonRestore()))
     finally:
         manager.close()

@@ -1,0 +1,189 @@
+"""From a `c.data` config to fixed-length int32 token sequences and step-indexed global batches.
+
+Batch k is a pure function of (data.seed, k) and the data: a resumed run needs only its step,
+and P processes that each take their slice of the global batch read exactly the rows one
+process would have read.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import grain
+import ml_collections
+import numpy as np
+from einops import rearrange
+
+from igpt.data import audio, images
+from igpt.data.errors import DataError
+from igpt.data.locking import file_lock
+from igpt.data.sources import open_split
+from igpt.tokenizers.base import META_FILE, Tokenizer
+
+TEXT_SEPARATOR = "\n\n"  # between packed documents, so the model sees where one ends
+ENCODE_CHUNK = 1024      # images per tokenizer call: bounds the float copy palette encoding makes
+
+Examples = Union[np.ndarray, list[str], list[np.ndarray]]
+
+
+def load_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
+    """Raw examples of `split`, at most data.max_examples, in the source's order.
+
+    image: uint8 [N, res, res, C] (C = 1 or 3, as stored); text: list of str; audio: list of
+    float32 waveforms in [-1, 1] at data.sample_rate.
+    """
+    raw = open_split(data_cfg, split)
+    n = len(raw.values) if data_cfg.max_examples <= 0 else min(len(raw.values), data_cfg.max_examples)
+    if data_cfg.modality == "image":
+        if data_cfg.resolution <= 0:
+            raise DataError(f"data.resolution is {data_cfg.resolution}; set it (e.g. specs.images(..., res=32)).")
+        return np.stack([images.square(raw.values[i], data_cfg.resolution) for i in range(n)])
+    if data_cfg.modality == "text":
+        return [_as_str(raw.values[i]) for i in range(n)]
+    if data_cfg.sample_rate <= 0:
+        raise DataError(f"data.sample_rate is {data_cfg.sample_rate}; set it "
+                        "(e.g. specs.audio(..., sample_rate=8000)).")
+    if raw.sample_rate <= 0:
+        raise DataError(f"{raw.where}: feature {data_cfg.feature or 'audio'!r} declares no sample rate; "
+                        "point data.feature at a tfds.features.Audio feature.")
+    return [audio.resample(audio.to_float(raw.values[i], f"{raw.where} example {i}"), raw.sample_rate,
+                           data_cfg.sample_rate) for i in range(n)]
+
+
+def _as_str(value: bytes | str) -> str:
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _spec_kind(spec: str) -> str:
+    return spec.partition(":")[0]
+
+
+def as_tokenizer_input(kind: str, examples: np.ndarray) -> np.ndarray:
+    """Images as tokenizer `kind` reads them: gray is replicated to RGB for a palette (a set of
+    RGB colours); other kinds take the images as they are."""
+    return images.to_rgb(examples) if kind == "palette" else examples
+
+
+def build_tokenizer(data_cfg: ml_collections.ConfigDict, cache_dir: str | os.PathLike | None = None) -> Tokenizer:
+    """The tokenizer data.tokenizer names, fitted on the train split if it learns (palette).
+
+    With `cache_dir`, a tokenizer saved there is reused (a resume keeps its palette), and a
+    missing one is fitted and saved under a lock, so processes starting together fit it once
+    and all use the same one.
+    """
+    from igpt.tokenizers import from_spec
+
+    spec = data_cfg.tokenizer
+
+    def fit_images() -> np.ndarray:
+        return as_tokenizer_input(_spec_kind(spec), load_examples(data_cfg, data_cfg.train_split))
+
+    if cache_dir is None:
+        tokenizer = from_spec(spec, fit_images=fit_images)
+    else:
+        cache = Path(cache_dir)
+        with file_lock(cache / ".fit.lock"):
+            if (cache / META_FILE).is_file():
+                tokenizer = from_spec(str(cache))
+            else:
+                tokenizer = from_spec(spec, fit_images=fit_images)
+                tokenizer.save(cache)
+    check_tokenizer(data_cfg, tokenizer, where=str(cache_dir) if cache_dir else "the tokenizer")
+    return tokenizer
+
+
+def check_tokenizer(data_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, where: str = "the tokenizer") -> None:
+    """Raises DataError when `tokenizer` is not the kind and vocabulary data.tokenizer names."""
+    kind, _, size = data_cfg.tokenizer.partition(":")
+    if Path(data_cfg.tokenizer).expanduser().is_dir():
+        return  # a saved tokenizer is its own spec
+    if tokenizer.kind != kind or (size.isdigit() and int(size) != tokenizer.vocab_size):
+        raise DataError(
+            f"tokenizer vocab mismatch: {where} is {tokenizer.kind}:{tokenizer.vocab_size} but data.tokenizer is "
+            f"{data_cfg.tokenizer!r}; build it with build_tokenizer(data_cfg), or delete a stale cached "
+            "tokenizer directory so it is fitted again.")
+
+
+def pack_text(docs: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
+    """Documents joined by TEXT_SEPARATOR, tokenized as one stream and cut into [n, seq_len]
+    windows end to end (no padding; the last partial window is dropped)."""
+    stream = np.asarray(tokenizer.encode(TEXT_SEPARATOR.join(docs)))
+    n = len(stream) // seq_len
+    return rearrange(stream[: n * seq_len], "(n t) -> n t", t=seq_len)
+
+
+def build_dataset(data_cfg: ml_collections.ConfigDict, split: str, tokenizer: Tokenizer) -> SequenceDataset:
+    """Tokenizes all of `split` (capped by data.max_examples) into [n, seq_len] sequences:
+    one per image; packed windows of text; seq_len-sample frames of audio."""
+    check_tokenizer(data_cfg, tokenizer)
+    examples = load_examples(data_cfg, split)
+    seq_len = data_cfg.seq_len
+    if data_cfg.modality == "image":
+        examples = as_tokenizer_input(tokenizer.kind, examples)
+        tokens = np.concatenate([tokenizer.encode(examples[i:i + ENCODE_CHUNK])
+                                 for i in range(0, len(examples), ENCODE_CHUNK)])
+        if tokens.shape[1] != seq_len:
+            raise DataError(f"{data_cfg.source} images at resolution {data_cfg.resolution} give {tokens.shape[1]} "
+                            f"tokens each but data.seq_len is {seq_len}; use specs.images(...), which sets both.")
+    elif data_cfg.modality == "text":
+        tokens = pack_text(examples, tokenizer, seq_len)
+    else:
+        tokens = tokenizer.encode(np.concatenate([audio.frames(wave, seq_len) for wave in examples]))
+    if len(tokens) == 0:
+        raise DataError(f"{data_cfg.source} split {split!r} yields no {seq_len}-token sequence; lower data.seq_len "
+                        "or raise data.max_examples.")
+    return SequenceDataset(tokens, tokenizer, data_cfg.seed)
+
+
+class SequenceDataset:
+    """Token sequences [n, seq_len] and the step-indexed batches the trainer reads."""
+
+    def __init__(self, tokens: np.ndarray, tokenizer: Tokenizer, seed: int):
+        tokens = np.asarray(tokens)
+        if seed < 0:
+            raise DataError(f"data.seed is {seed}; use a non-negative integer.")
+        if tokens.ndim != 2 or len(tokens) == 0:
+            raise DataError(f"SequenceDataset needs tokens [n > 0, seq_len], got shape {tokens.shape}.")
+        if tokens.min() < 0 or tokens.max() >= tokenizer.vocab_size:
+            raise DataError(f"token ids span [{tokens.min()}, {tokens.max()}] but the tokenizer's vocab_size is "
+                            f"{tokenizer.vocab_size}: the tokens were made by another tokenizer; rebuild the dataset.")
+        # uint16 halves the memory of a tokenized corpus; batches are cast back to int32.
+        self.tokens = tokens.astype(np.uint16 if tokenizer.vocab_size <= 2**16 else np.int32)
+        self.tokenizer = tokenizer
+        self.seed = seed
+        # Seed hashed so that runs with seeds s and s+1 do not share epoch permutations (grain
+        # seeds epoch e with seed + e).
+        grain_seed = int(np.random.SeedSequence(seed).generate_state(1)[0])
+        self._order = grain.MapDataset.range(len(tokens)).shuffle(seed=grain_seed).repeat()
+
+    @property
+    def seq_len(self) -> int:
+        return self.tokens.shape[1]
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def batch(self, step: int, global_batch: int, *, process_index: int = 0, process_count: int = 1,
+              shuffle: bool = True) -> np.ndarray:
+        """This process's rows of global batch `step`: int32 [global_batch // process_count, seq_len].
+
+        Global row r of batch k is sequence order[k * global_batch + r], where order is a fresh
+        seeded permutation each epoch (shuffle) or 0, 1, 2, ... wrapping (shuffle=False, for a
+        fixed eval set). Process p takes rows [p * B / P, (p + 1) * B / P).
+        """
+        if global_batch <= 0 or process_count <= 0 or global_batch % process_count:
+            raise DataError(f"global_batch {global_batch} must be a positive multiple of process_count "
+                            f"{process_count}; change the batch size or the number of processes.")
+        if not 0 <= process_index < process_count:
+            raise DataError(f"process_index {process_index} is outside [0, {process_count}).")
+        if step < 0:
+            raise DataError(f"step {step} is negative; batches are indexed from step 0.")
+        local = global_batch // process_count
+        rows = range(step * global_batch + process_index * local, step * global_batch + (process_index + 1) * local)
+        index = [self._order[r] if shuffle else r % len(self) for r in rows]
+        return self.tokens[np.asarray(index)].astype(np.int32)

@@ -1,0 +1,56 @@
+"""TFDS builders over data that ships inside installed packages, so training needs no network.
+
+Real: photos (scikit-image/scikit-learn photographs), digits (scikit-learn scans), prose
+(Python's help text). Synthetic: music (igpt.data.music). Each is prepared as ArrayRecord into
+data_dir on first use, once even when several processes start together, and read with
+`as_data_source`. Bumping a builder's VERSION makes the next use prepare it afresh.
+"""
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import tensorflow_datasets as tfds
+
+from igpt.data.errors import DataError
+from igpt.data.locking import file_lock
+from igpt.data.shipped import digits, music, photos, prose
+from igpt.data.sources import Column
+
+BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
+    "photos": photos.ShippedPhotos,
+    "digits": digits.ShippedDigits,
+    "prose": prose.ShippedProse,
+    "music": music.ShippedMusic,
+}
+SAMPLE_RATES = {"music": music.SAMPLE_RATE}
+
+
+def prepared_builder(name: str, data_dir: str | os.PathLike) -> tfds.core.DatasetBuilder:
+    """The builder of shipped:`name`, prepared in `data_dir` first if it is not there yet."""
+    if name not in BUILDERS:
+        raise DataError(f"unknown shipped dataset {name!r} (from data.source 'shipped:{name}'); "
+                        f"choose one of {', '.join('shipped:' + n for n in BUILDERS)}.")
+    make = functools.partial(BUILDERS[name], data_dir=os.fspath(data_dir), file_format="array_record")
+    builder = make()
+    if not builder.is_prepared():
+        with file_lock(Path(data_dir) / f".{builder.name}.lock"):
+            builder = make()  # re-read: another process may have prepared it while we waited
+            if not builder.is_prepared():
+                builder.download_and_prepare(file_format="array_record")
+    return builder
+
+
+def open_split(name: str, split: str, data_dir: str | os.PathLike, key: str) -> tuple[Sequence[Any], int]:
+    """Feature `key` of `split` of shipped:`name` as a random-access sequence, and its sample rate."""
+    builder = prepared_builder(name, data_dir)
+    if split not in builder.info.splits:
+        raise DataError(f"shipped:{name} has no split {split!r} (splits: {sorted(builder.info.splits)}); "
+                        "set data.train_split / data.eval_split to one of them.")
+    if key not in builder.info.features:
+        raise DataError(f"shipped:{name} has no feature {key!r} (features: {sorted(builder.info.features)}); "
+                        "set data.feature to one of them.")
+    return Column(builder.as_data_source(split=split), key), SAMPLE_RATES.get(name, 0)

@@ -1,0 +1,63 @@
+"""From `data.source` to one split's raw feature values: shipped builders or the TFDS catalog."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from igpt.data.errors import DataError
+
+DEFAULT_FEATURE = {"image": "image", "text": "text", "audio": "audio"}
+
+
+@dataclasses.dataclass(frozen=True)
+class RawSplit:
+    """One split's chosen feature, random access, and what is needed to interpret it."""
+
+    values: Sequence[Any]  # uint8 image arrays | str/bytes | waveform arrays
+    sample_rate: int       # Hz of audio values; 0 for other modalities
+    where: str             # e.g. "tfds:mnist split 'train' in /data/tfds", for messages
+
+
+def check_index(index: int, length: int) -> int:
+    """`index` (negative counts from the end) in [0, length), else IndexError, as iteration expects."""
+    if not -length <= index < length:
+        raise IndexError(f"index {index} is out of range for {length} examples")
+    return index % length
+
+
+class Column(Sequence):
+    """Random-access view of one feature of a TFDS data source (whose items are dicts)."""
+
+    def __init__(self, source: Sequence[dict], key: str):
+        self._source, self._key = source, key
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> Any:
+        return self._source[check_index(index, len(self))][self._key]
+
+
+def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> RawSplit:
+    """Opens `split` of `data_cfg.source`, preparing a shipped dataset on first use.
+
+    Backends are imported here, not at the top, so importing igpt.data stays free of TFDS.
+    """
+    if data_cfg.modality not in DEFAULT_FEATURE:
+        raise DataError(f"data.modality {data_cfg.modality!r} is not one of {sorted(DEFAULT_FEATURE)}.")
+    kind, _, name = data_cfg.source.partition(":")
+    key = data_cfg.feature or DEFAULT_FEATURE[data_cfg.modality]
+    data_dir = os.path.expanduser(data_cfg.data_dir)
+    where = f"{data_cfg.source} split {split!r} in {data_dir}"
+    if kind == "shipped":
+        from igpt.data import shipped
+        return RawSplit(*shipped.open_split(name, split, data_dir, key), where)
+    if kind == "tfds":
+        from igpt.data import catalog
+        return RawSplit(*catalog.open_split(name, split, data_dir, key), where)
+    raise DataError(f"unknown data.source {data_cfg.source!r}; write shipped:NAME (photos, digits, prose, music) "
+                    "or tfds:NAME[/CONFIG][:VERSION] (e.g. tfds:cifar10).")
