@@ -17,6 +17,20 @@ USER_ERRORS = (CheckpointMismatchError, DataError, DistributedError, MeshError, 
                NonFiniteLossError, TransferError, WorkdirError, FileNotFoundError)
 
 
+def parse_flags_clearly(argv: list[str]) -> list[str]:
+    """absl flag parsing for app.run, with a bad override (an unknown config key, a value of
+    the wrong type) reported as one line instead of a traceback."""
+    from absl import flags
+    try:
+        return flags.FLAGS(argv)
+    except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
+        overrides = [a for a in argv[1:] if a.startswith("--config.")]
+        print(f"igpt: error: bad flag or config override ({str(e).strip(chr(34))}); overrides given: "
+              f"{' '.join(overrides) or 'none'}. Every --config.X must name a field the config file sets, "
+              "with a value of its type.", file=sys.stderr)
+        sys.exit(1)
+
+
 @contextlib.contextmanager
 def fail_clearly():
     """Turns a user-fixable error into `igpt: <message>` on stderr and exit status 1."""

@@ -71,18 +71,17 @@ def test_save_killed_midway_resumes_from_previous_checkpoint(tmp_path, data_dir,
     workdir = tmp_path / "torn"
     shutil.copytree(reference, workdir)
     ckpts = workdir / "checkpoints"
-    for step in committed_steps(workdir):
-        if step > 20:
-            shutil.rmtree(ckpts / str(step))
-    torn = ckpts / "25.orbax-checkpoint-tmp-1234"
-    shutil.copytree(ckpts / "20", torn)
+    shutil.rmtree(ckpts / "40")  # keep-3 left 30, 35 and 40
+    torn = ckpts / "40.orbax-checkpoint-tmp-1234"
+    shutil.copytree(ckpts / "35", torn)
     for f in list(torn.rglob("*"))[::2]:
         if f.is_file():
             f.write_bytes(b"torn")
     out = run_cli(workdir, data_dir)
     assert out.returncode == 0, out.stderr[-3000:]
     ref, resumed = train_losses(reference), train_losses(workdir)
-    assert all(resumed[s] == ref[s] for s in range(21, 41))
+    assert committed_steps(workdir)[-1] == 40
+    assert all(resumed[s] == ref[s] for s in range(36, 41))
 
 
 def test_sigterm_saves_current_step_and_resumes(tmp_path, data_dir, reference):

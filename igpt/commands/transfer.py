@@ -31,7 +31,8 @@ def _run(argv) -> None:
 
 def main() -> None:
     flags.mark_flags_as_required(["config", "workdir"])
-    app.run(_run, argv=sys.argv)
+    from igpt.errors import parse_flags_clearly
+    app.run(_run, argv=sys.argv, flags_parser=parse_flags_clearly)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """TFDS builders over data that ships inside installed packages, so training needs no network.
 
 Real: photos (scikit-image/scikit-learn photographs), digits (scikit-learn scans), prose
-(Python's help text). Synthetic: music (igpt.data.music). Each is prepared as ArrayRecord into
+(Python's help text). Synthetic: music (igpt.data.music), noise (uniform random pixels). Each is prepared as ArrayRecord into
 data_dir on first use, once even when several processes start together, and read with
 `as_data_source`. Bumping a builder's VERSION makes the next use prepare it afresh.
 """
@@ -17,7 +17,7 @@ import tensorflow_datasets as tfds
 
 from igpt.data.errors import DataError
 from igpt.data.locking import file_lock
-from igpt.data.shipped import digits, music, photos, prose
+from igpt.data.shipped import digits, music, noise, photos, prose
 from igpt.data.sources import Column
 
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
@@ -25,6 +25,7 @@ BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "digits": digits.ShippedDigits,
     "prose": prose.ShippedProse,
     "music": music.ShippedMusic,
+    "noise": noise.ShippedNoise,
 }
 SAMPLE_RATES = {"music": music.SAMPLE_RATE}
 

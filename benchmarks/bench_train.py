@@ -1,0 +1,86 @@
+"""Train throughput and the async-checkpoint stall, on this machine.
+
+  python benchmarks/bench_train.py [--layers 4 --width 256 --heads 8 --seq 256 --batch 16 --vocab 512]
+Prints tokens/s and step time of the trainer's jitted step (fp32, AdamW, random tokens: the
+data pipeline is benchmarked in bench_data.py), then how long `Checkpointer.save` blocks the
+loop with async saving, as a fraction of one step, next to a synchronous save.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+
+from igpt import checkpoint, sharding
+from igpt.data import specs
+from igpt.model import model_config
+from igpt.train import base_config, create_state, make_optimizer, make_schedule, make_step_fns, transfer_init
+
+
+def _timed(fn, repeats: int) -> list[float]:
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--layers", type=int, default=4)
+    p.add_argument("--width", type=int, default=256)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--vocab", type=int, default=512)
+    p.add_argument("--steps", type=int, default=20)
+    a = p.parse_args()
+
+    cfg = base_config(model_config("tiny", num_layers=a.layers, width=a.width, num_heads=a.heads),
+                      specs.images("shipped:photos", res=int(a.seq ** 0.5)))
+    mesh = sharding.make_mesh(cfg.mesh)
+    rules = tuple(cfg.axis_rules)
+    tokens = np.random.default_rng(0).integers(0, a.vocab, (a.batch, a.seq), dtype=np.int32)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        schedule = make_schedule(cfg.optim, 1000)
+        _, probe = create_state(cfg, a.vocab, a.seq, mesh)
+        tx = make_optimizer(cfg.optim, schedule, transfer_init.param_labels(probe["params"], "scratch"))
+        graphdef, state = create_state(cfg, a.vocab, a.seq, mesh, tx)
+        step = jax.jit(make_step_fns(graphdef, tx, a.vocab, cfg.optim, -1).train, donate_argnums=0)
+        batch = sharding.put_batch(tokens, mesh, rules)
+        holder = {"state": state}
+
+        def one_step():
+            holder["state"], m = step(holder["state"], batch)
+            jax.block_until_ready(m["loss"])
+
+        one_step()  # compile
+        times = _timed(one_step, a.steps)
+        step_s = statistics.median(times)
+        print(f"devices {jax.device_count()} ({jax.devices()[0].device_kind}); model {a.layers}x{a.width}, "
+              f"{a.heads} heads, seq {a.seq}, batch {a.batch}, vocab {a.vocab}, fp32")
+        print(f"step time median {step_s * 1e3:.1f} ms; train tokens/s {a.batch * a.seq / step_s:,.0f}")
+        for async_save in (True, False):
+            with tempfile.TemporaryDirectory() as d:
+                ckpt = checkpoint.Checkpointer(d, keep=2, async_save=async_save)
+                stalls = []
+                for i in range(3):
+                    one_step()
+                    t = time.perf_counter()
+                    ckpt.save(i + 1, holder["state"], {"step": i + 1})
+                    stalls.append(time.perf_counter() - t)
+                    ckpt.wait()
+                ckpt.close()
+            stall = statistics.median(stalls)
+            print(f"{'async' if async_save else 'sync '} checkpoint: blocks the loop {stall * 1e3:.1f} ms "
+                  f"= {stall / step_s:.2f} of a step")
+
+
+if __name__ == "__main__":
+    main()

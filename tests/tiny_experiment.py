@@ -1,0 +1,34 @@
+"""A tiny transfer experiment on 8x8 digits (16 gray levels), for the experiment tests.
+
+  igpt-transfer --config tests/tiny_experiment.py --workdir /tmp/exp --config.target.data_dir=/tmp/tfds
+Sources: "digits" (the target's own distribution: a planted positive) and "noise" (uniform
+random pixels: nothing to transfer).
+"""
+import ml_collections
+
+from igpt.data import specs
+from igpt.experiment import experiment_config
+from igpt.model import model_config
+from igpt.train import optim_config, train_config
+
+
+def get_config(data_dir: str = "~/.cache/igpt/tfds"):
+    c = experiment_config()
+    c.name = "tiny digits transfer"
+    c.model = model_config("nano")
+    c.sources = ml_collections.ConfigDict(dict(
+        digits=specs.images("shipped:digits", res=8, tokenizer="gray:16", data_dir=data_dir),
+        noise=specs.images("shipped:noise", res=8, tokenizer="gray:16", data_dir=data_dir)))
+    c.source_optim = optim_config(lr=1e-2, warmup_steps=10)
+    c.source_train = train_config(steps=150, global_batch=32)
+    c.source_train.eval_every = 50
+    c.target = specs.images("shipped:digits", res=8, tokenizer="gray:16", data_dir=data_dir)
+    c.target_optim = optim_config(lr=1e-2, warmup_steps=5)
+    c.target_train = train_config(steps=60, global_batch=32)
+    c.target_train.eval_every = 5
+    c.target_train.eval_batches = 2
+    c.target_train.checkpoint_every = 20
+    c.arms = ("scratch", "digits/full", "noise/full")
+    c.seeds = (0, 1, 2)
+    c.lrs = (1e-2,)
+    return c
