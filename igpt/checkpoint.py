@@ -14,6 +14,8 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from igpt.treepaths import path_names
+
 CHECKPOINT_SUBDIR = "checkpoints"
 
 
@@ -22,15 +24,7 @@ class CheckpointMismatchError(ValueError):
 
 
 def _leaf_shapes(tree: Any) -> dict[tuple[str, ...], tuple[int, ...]]:
-    """Leaf shapes keyed by path names as strings, so a live tree (attributes, int indices)
-    and orbax's metadata tree (dict keys) of the same state key alike."""
-    def name(k) -> str:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                return str(getattr(k, attr))
-        return str(k)
-    return {tuple(name(k) for k in path): tuple(leaf.shape)
-            for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    return {path_names(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def _shape_mismatches(abstract: Any, saved: Any, limit: int = 5) -> list[str]:

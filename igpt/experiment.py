@@ -5,6 +5,7 @@ and unfinished ones resume from their own checkpoints.
 Layout (the report reads it; see igpt/metrics.py for the run files):
   EXP/experiment.json                 what was asked, and whether it is complete
   EXP/sources/<source>/               pretraining runs
+  EXP/target_tokenizer/               fitted once on the target's train split, shared by all arms
   EXP/target/<arm>/lr<lr>/seed<k>/    target runs; arm "scratch" is the baseline, others are
                                       "<source>/<mode>" (a "/" becomes "__" in the directory)
   EXP/report/                         report.html, report.md, figures, summary.json
@@ -22,10 +23,12 @@ import jax
 import ml_collections
 
 from igpt import distributed, sharding, transfer_init
+from igpt.data import pipeline
 from igpt.metrics import read_run_info, write_run_info
 from igpt.train import base_config, optim_config, train
 
 SCRATCH = "scratch"
+TARGET_TOKENIZER = "target_tokenizer"
 
 
 def experiment_config() -> ml_collections.ConfigDict:
@@ -86,6 +89,7 @@ def target_runs(c, exp_dir: Path) -> dict[str, tuple[ml_collections.ConfigDict, 
             for seed in c.seeds:
                 data = ml_collections.ConfigDict(c.target.to_dict())
                 data.seed = seed  # the same data order for every arm within a seed
+                data.tokenizer = str(exp_dir / TARGET_TOKENIZER)  # one tokenizer for every arm
                 optim = ml_collections.ConfigDict(c.target_optim.to_dict())
                 optim.lr = lr
                 cfg = _run_config(c, data, optim, c.target_train, seed=seed)
@@ -130,6 +134,7 @@ def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print)
     distributed.maybe_initialize(c.distributed)
     targets = target_runs(c, exp_dir)  # validates every arm before any training
     _write_experiment(exp_dir, c, complete=False)
+    pipeline.build_tokenizer(c.target, cache_dir=exp_dir / TARGET_TOKENIZER)
     jax.config.update("jax_compilation_cache_dir", str(exp_dir / ".jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     for name, cfg in source_runs(c).items():

@@ -19,6 +19,8 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from igpt.treepaths import path_names
+
 MODES = ("scratch", "full", "frozen_body", "layers")
 TRAIN, FREEZE = "train", "freeze"
 
@@ -35,10 +37,6 @@ def init_config(mode: str = "scratch", source: str = "", layers: Sequence[int] =
         layers=tuple(layers),  # blocks trained in mode "layers"
         positions=positions,   # "interpolate" | "reinit" when sequence lengths differ
     ))
-
-
-def _names(path) -> tuple[str, ...]:
-    return tuple(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
 
 def _block_index(names: tuple[str, ...]) -> int | None:
@@ -62,7 +60,7 @@ def check_mode(mode: str, layers: Sequence[int], num_layers: int) -> None:
 def param_labels(params: Any, mode: str, layers: Sequence[int] = ()) -> Any:
     """A tree like `params` of 'train' / 'freeze' labels for optax.multi_transform."""
     def label(path, _):
-        names = _names(path)
+        names = path_names(path)
         if mode == "frozen_body" and _is_body_weight(names):
             return FREEZE
         if mode == "layers" and _block_index(names) is not None and _block_index(names) not in layers:
@@ -84,8 +82,8 @@ def transplant(target: Any, source: Any, positions: str = "interpolate") -> Any:
     Blocks and norms must match in shape (else width/depth differ: an error); the token
     embedding and head are kept fresh when their shapes differ (another vocabulary); the
     position table is interpolated or kept fresh when lengths differ."""
-    src = {_names(p): v for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
-    tgt_names = {_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
+    src = {path_names(p): v for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+    tgt_names = {path_names(p) for p, _ in jax.tree_util.tree_flatten_with_path(target)[0]}
     src_blocks = {n[1] for n in src if n[0] == "blocks"}
     tgt_blocks = {n[1] for n in tgt_names if n[0] == "blocks"}
     if src_blocks != tgt_blocks:
@@ -93,9 +91,12 @@ def transplant(target: Any, source: Any, positions: str = "interpolate") -> Any:
                             "Use a target model config with the source's num_layers.")
 
     def carry(path, fresh):
-        names = _names(path)
+        names = path_names(path)
         old = src.get(names)
         if old is None:
+            if names[0] in ("blocks", "final_norm"):
+                raise TransferError(f"the source checkpoint has no parameter {'/'.join(names)}; it was not "
+                                    "written by an igpt Transformer of this architecture (mlp, positions).")
             return fresh
         if old.shape == fresh.shape:
             return jax.device_put(old.astype(fresh.dtype), fresh.sharding)

@@ -7,13 +7,14 @@ import pytest
 
 from igpt import checkpoint, transfer_init
 from igpt.train import train
+from igpt.treepaths import path_names
 from trainer_fixtures import tiny_config
 
 
 def _params(run_dir) -> dict[str, np.ndarray]:
     replicated = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     params, _ = checkpoint.restore_params(run_dir, replicated)
-    return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return {"/".join(path_names(p)): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def _finetune(tmp_path, data_dir, source, mode, layers=()):
 
 
 def _is_body(name: str) -> bool:
-    return "'attn'" in name or "'mlp'" in name
+    return "/attn/" in name or "/mlp/" in name
 
 
 def test_frozen_body_trains_only_embeddings_norms_head(tmp_path, data_dir, source):
@@ -43,16 +44,16 @@ def test_frozen_body_trains_only_embeddings_norms_head(tmp_path, data_dir, sourc
     assert body and all(np.array_equal(before[n], after[n]) for n in body)
     norms = [n for n in before if "norm" in n]
     assert norms and all(not np.array_equal(before[n], after[n]) for n in norms)
-    assert after["['head']"].shape != before["['head']"].shape  # new vocabulary: re-initialised
+    assert after["head/value"].shape != before["head/value"].shape  # new vocabulary: re-initialised
 
 
 def test_layers_mode_trains_only_listed_blocks(tmp_path, data_dir, source):
     before, after = _params(source), _finetune(tmp_path, data_dir, source, "layers", layers=(1,))
-    block0 = [n for n in before if n.startswith("['blocks'][0]")]
-    block1 = [n for n in before if n.startswith("['blocks'][1]")]
+    block0 = [n for n in before if n.startswith("blocks/0/")]
+    block1 = [n for n in before if n.startswith("blocks/1/")]
     assert block0 and all(np.array_equal(before[n], after[n]) for n in block0)
     assert block1 and all(not np.array_equal(before[n], after[n]) for n in block1)
-    assert not np.array_equal(before["['pos']"], after["['pos']"])
+    assert not np.array_equal(before["pos/value"], after["pos/value"])
 
 
 def test_full_trains_everything_from_the_source(tmp_path, data_dir, source):
