@@ -1,0 +1,32 @@
+"""Every shipped config loads, and every experiment config names valid arms."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+from igpt.experiment import target_runs
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_config_loads_and_says_how_to_run_it(path):
+    config = _load(path)
+    assert config is not None
+    assert "--config configs/" in (path.read_text().split('"""')[1]), "the docstring shows the command"
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "transfer" in p.name], ids=lambda p: p.name)
+def test_experiment_arms_are_valid(path, tmp_path):
+    c = _load(path)
+    runs = target_runs(c, tmp_path)
+    assert len(runs) == len(c.arms) * len(c.seeds) * len(c.lrs)
