@@ -20,9 +20,12 @@ USER_ERRORS = (CheckpointMismatchError, DataError, DistributedError, MeshError, 
 def parse_flags_clearly(argv: list[str]) -> list[str]:
     """absl flag parsing for app.run, with a bad override (an unknown config key, a value of
     the wrong type) reported as one line instead of a traceback."""
-    from absl import flags
+    from absl import flags, logging
     try:
-        return flags.FLAGS(argv)
+        rest = flags.FLAGS(argv)
+        if not flags.FLAGS["verbosity"].present:
+            logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+        return rest
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         overrides = [a for a in argv[1:] if a.startswith("--config.")]
         print(f"igpt: error: bad flag or config override ({str(e).strip(chr(34))}); overrides given: "
