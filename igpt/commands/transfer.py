@@ -30,6 +30,8 @@ def _run(argv) -> None:
 
 
 def main() -> None:
+    from igpt.allocator import reexec_with_malloc_settings
+    reexec_with_malloc_settings("igpt.commands.transfer")
     flags.mark_flags_as_required(["config", "workdir"])
     from igpt.errors import parse_flags_clearly
     app.run(_run, argv=sys.argv, flags_parser=parse_flags_clearly)
