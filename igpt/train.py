@@ -121,7 +121,7 @@ def make_step_fns(graphdef: Any, tx: optax.GradientTransformation, bos_id: int,
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         new = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
-        return new, {"loss": ce, "grad_norm": optax.global_norm(grads)}
+        return new, {"loss": ce, "grad_norm": optax.tree.norm(grads)}
 
     def eval_step(state, tokens):
         return objective(state["params"], tokens)[1]

@@ -189,7 +189,7 @@ def test_mulaw_snr_on_decaying_harmonics():
 
 
 def test_mulaw_snr_on_shipped_music():
-    music = pytest.importorskip("igpt.data.music")
+    from igpt.data import music
     audio = music.synthesize_music(seconds=2.0, sample_rate=8000, seed=0)
     tok = MulawTokenizer()
     batch = audio[None]
