@@ -4,10 +4,16 @@ what it keeps: held-out originals over their reconstructions (a PNG grid) and th
   igpt-fit-tokenizer --data shipped:photos --tokenizer palette:512 --res 32 --out runs/palette512
 
 A training run then uses it with `--config.data.tokenizer=runs/palette512`.
+
+  igpt-fit-tokenizer --config configs/vq_images.py --workdir runs/vq_images [--config.a.b=v ...]
+
+trains a learned VQ tokenizer instead (igpt/vq_train.py) and saves it to runs/vq_images/tokenizer,
+used as `data.tokenizer="vq:runs/vq_images/tokenizer"`.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +42,10 @@ def comparison_grid(original: np.ndarray, reconstructed: np.ndarray, columns: in
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a.startswith(("--config", "--workdir")) for a in argv):
+        from igpt.vq_train import main as fit_vq
+        return fit_vq(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="shipped:photos | shipped:digits | tfds:NAME")
     parser.add_argument("--tokenizer", required=True, help="palette:K or gray:LEVELS")

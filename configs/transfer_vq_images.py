@@ -1,0 +1,43 @@
+"""Does pretraining on English prose speed up learning images as learned VQ codes?
+
+The target is 32x32 natural-image crops as 64 VQ tokens each (4x downsampling, 512 codes),
+so fit the tokenizer first, then run the experiment:
+
+  igpt-fit-tokenizer --config configs/vq_images.py --workdir runs/vq_images
+  igpt-transfer --config configs/transfer_vq_images.py --workdir runs/transfer_vq
+
+A 2-layer, width-128 GPT is pretrained on shipped prose (UTF-8 bytes), then trained on the VQ
+tokens against a from-scratch baseline, 3 seeds each. Another tokenizer directory is
+--config.target.tokenizer=vq:DIR; with 8x downsampling also set --config.target.seq_len=16
+(one token per 8x8 patch: data.seq_len must equal the tokens per image). Expect about
+5 minutes on 2 CPU cores after the tokenizer, then runs/transfer_vq/report/report.html.
+"""
+from igpt.data import specs
+from igpt.experiment import experiment_config
+from igpt.model import model_config
+from igpt.tokenizers import vq
+from igpt.train import optim_config, train_config
+
+RES, DOWNSAMPLE = 32, 4
+VQ_DIR = "runs/vq_images/tokenizer"  # written by the igpt-fit-tokenizer command above
+
+
+def get_config():
+    c = experiment_config()
+    c.name = "prose-to-vq-image-tokens"
+    c.model = model_config("nano", width=128)
+    c.sources = dict(prose=specs.text("shipped:prose", seq_len=256, tokenizer="bytes"))
+    c.source_optim = optim_config(lr=2e-3, warmup_steps=30)
+    c.source_train = train_config(steps=300, global_batch=16)
+    c.source_train.eval_every = 100
+    c.target = specs.images("shipped:photos", res=RES, tokenizer=f"vq:{VQ_DIR}")
+    c.target.seq_len = vq.image_seq_len(RES, DOWNSAMPLE)  # 64 codes per image, not res*res pixels
+    c.target_optim = optim_config(lr=2e-3, warmup_steps=20)
+    c.target_train = train_config(steps=200, global_batch=32)
+    c.target_train.eval_every = 20
+    c.target_train.eval_batches = 4
+    c.target_train.checkpoint_every = 100
+    c.arms = ("scratch", "prose/full")
+    c.seeds = (0, 1, 2)
+    c.lrs = (2e-3,)
+    return c

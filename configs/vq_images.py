@@ -1,0 +1,27 @@
+"""A VQ-VAE tokenizer for 32x32 natural-image crops (shipped photos): 4x downsampling, so 64
+tokens per image, and 512 codes from EMA vector quantization, or from FSQ with `:fsq`.
+
+  igpt-fit-tokenizer --config configs/vq_images.py --workdir runs/vq_images
+  igpt-fit-tokenizer --config configs/vq_images.py:fsq --workdir runs/vq_images_fsq   # levels (8, 8, 8)
+Saves runs/vq_images/tokenizer: use it as data.tokenizer="vq:runs/vq_images/tokenizer" with
+data.seq_len=64 (configs/transfer_vq_images.py). On 2 shared CPU cores this takes about
+13 minutes; expect held-out PSNR about TODO dB and codebook usage about TODO% (figures in
+benchmarks/RESULTS.md, "VQ tokenizers (issue 5)").
+"""
+from igpt import vq_train
+from igpt.data import specs
+from igpt.tokenizers import vq
+
+
+def get_config(kind: str = "vq"):
+    c = vq_train.base_config(
+        model=vq.model_config("image", strides=(2, 2), channels=(64, 128), res_blocks=2, res_channels=64),
+        quantizer=vq.quantizer_config(kind, num_codes=512, code_dim=64, levels=(8, 8, 8)),
+        data=specs.images("shipped:photos", res=32, tokenizer="vq"),
+        optim=vq_train.optim_config(lr=2e-3, warmup_steps=100),
+        train=vq_train.train_config(steps=1800, global_batch=64),
+    )
+    # Seven training photos: mirrored, turned and colour-shuffled copies stand in for the
+    # textures and colours of unseen ones (about +0.3 dB held-out PSNR at 600 steps).
+    c.train.augment = ("flip", "rotate", "channels")
+    return c
