@@ -34,7 +34,8 @@ def measure(a: argparse.Namespace, batch: int) -> dict:
     from igpt.data import specs
     from igpt.hardware import peak_flops_per_device
     from igpt.model import Transformer, count_params, flops_per_token, model_config
-    from igpt.train import base_config, create_state, make_optimizer, make_schedule, make_step_fns, optim_config, train_config
+    from igpt.train import (base_config, create_state, make_optimizer, make_schedule, make_step_fns, optim_config,
+                            train_config)
 
     model = model_config("igpt-m", num_layers=a.layers, width=a.width, num_heads=a.heads, dtype=a.dtype,
                          attention=a.attention, remat=a.remat, scan_layers=a.scan_layers)

@@ -27,7 +27,7 @@ MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
               "MALLOC_TRIM_THRESHOLD_": "17179869184", "MALLOC_TOP_PAD_": "268435456"}
 
 
-def igpt_tokens_per_s(devices: int, attention: str, steps: int, warmup: int, mlp_autodiff: bool) -> float:
+def igpt_tokens_per_s(devices: int, attention: str, block: int, steps: int, warmup: int, mlp_autodiff: bool) -> float:
     """Times igpt.train's step function exactly as the trainer builds and jits it."""
     import jax
     import numpy as np
@@ -39,12 +39,14 @@ def igpt_tokens_per_s(devices: int, attention: str, steps: int, warmup: int, mlp
     from igpt import sharding, transfer_init
     from igpt.data import specs
     from igpt.model import Transformer, model_config
-    from igpt.train import base_config, create_state, make_optimizer, make_schedule, make_step_fns, optim_config, train_config
+    from igpt.train import (base_config, create_state, make_optimizer, make_schedule, make_step_fns, optim_config,
+                            train_config)
 
     assert jax.device_count() == devices, (jax.device_count(), devices)
     s = SHAPE
     cfg = base_config(
-        model=model_config("mini", num_layers=s["layers"], width=s["width"], num_heads=s["heads"], attention=attention),
+        model=model_config("mini", num_layers=s["layers"], width=s["width"], num_heads=s["heads"], attention=attention,
+                           attention_block=block),
         data=specs.text("shipped:prose", seq_len=s["seq_len"]),
         optim=optim_config(), train=train_config(steps=warmup + steps, global_batch=s["batch"]))
     mesh = sharding.make_mesh(cfg.mesh)
@@ -103,7 +105,8 @@ def worker_env(devices: int, malloc: bool, xla_flags: str) -> dict[str, str]:
 def run_worker(side: str, args: argparse.Namespace, torch_threads: int = 0) -> float:
     malloc = args.malloc if side == "igpt" else args.torch_malloc
     cmd = [sys.executable, __file__, "--worker", side, "--devices", str(args.devices), "--attention", args.attention,
-           "--steps", str(args.steps), "--warmup", str(args.warmup), "--torch-threads", str(torch_threads)]
+           "--attention-block", str(args.attention_block), "--steps", str(args.steps), "--warmup", str(args.warmup),
+           "--torch-threads", str(torch_threads)]
     cmd += ["--mlp-autodiff"] if args.mlp_autodiff else []
     out = subprocess.run(cmd, env=worker_env(args.devices, malloc, args.xla_flags), capture_output=True,
                          text=True, check=False)
@@ -119,6 +122,7 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile, allocator warm-up)")
     p.add_argument("--devices", type=int, default=2, help="host devices for igpt (data parallel, batch sharded)")
     p.add_argument("--attention", default="blockwise", help="igpt model_config(attention=...)")
+    p.add_argument("--attention-block", type=int, default=128, help="model_config(attention_block=...)")
     p.add_argument("--malloc", action=argparse.BooleanOptionalAction, default=True,
                    help="run igpt with the glibc malloc settings in MALLOC_ENV")
     p.add_argument("--torch-malloc", action=argparse.BooleanOptionalAction, default=False,
@@ -133,14 +137,15 @@ def main() -> None:
     args = p.parse_args()
 
     if args.worker == "igpt":
-        print(json.dumps({"tokens_per_s": igpt_tokens_per_s(args.devices, args.attention, args.steps, args.warmup,
-                                                            args.mlp_autodiff)}))
+        print(json.dumps({"tokens_per_s": igpt_tokens_per_s(args.devices, args.attention, args.attention_block,
+                                                            args.steps, args.warmup, args.mlp_autodiff)}))
         return
     if args.worker == "torch":
         print(json.dumps({"tokens_per_s": torch_tokens_per_s(int(args.torch_threads), args.steps, args.warmup)}))
         return
 
-    print(f"igpt: devices={args.devices} attention={args.attention} malloc={args.malloc} "
+    print(f"igpt: devices={args.devices} attention={args.attention} (block {args.attention_block}) "
+          f"malloc={args.malloc} "
           f"mlp_backward={'autodiff' if args.mlp_autodiff else 'hand-written'} "
           f"xla_flags={args.xla_flags!r}; torch: threads {args.torch_threads} malloc={args.torch_malloc}; "
           f"load average before: {os.getloadavg()}", flush=True)

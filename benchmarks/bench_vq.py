@@ -53,6 +53,7 @@ def main() -> None:
     parser.add_argument("targets", nargs="+", choices=sorted(TARGETS))
     parser.add_argument("--workdir", default="runs/bench_vq", help="each target trains in WORKDIR/TARGET (fresh)")
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default: the configs' own)")
+    parser.add_argument("--steps", type=int, default=0, help="override train.steps (0: the config's)")
     args = parser.parse_args()
     if any(os.environ.get(k) != v for k, v in ENV.items()):
         env = dict(os.environ, **ENV, XLA_FLAGS=f"--xla_force_host_platform_device_count={os.cpu_count()}")
@@ -73,6 +74,8 @@ def main() -> None:
         cfg = runpy.run_path(str(REPO / "configs" / config_file))["get_config"](*config_args)
         if args.data_dir:
             cfg.data.data_dir = args.data_dir
+        if args.steps:
+            cfg.train.steps = args.steps
         workdir = Path(args.workdir) / name
         shutil.rmtree(workdir, ignore_errors=True)
         pipeline.load_examples(cfg.data, cfg.data.eval_split)  # prepares the data once, outside the timing

@@ -16,6 +16,7 @@ import functools
 import json
 import os
 from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import ml_collections
