@@ -10,7 +10,7 @@ import pytest
 
 from igpt.commands.report import main
 from igpt.metrics import MetricsWriter, write_run_info
-from igpt.report import write_report
+from igpt.report import _headline, _headline_text, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = np.arange(50, 1001, 50)  # like igpt.train: the first eval is after eval_every steps
@@ -135,6 +135,20 @@ def test_unreached_target_says_so(experiment, tmp_path):
     h = summary["experiments"][0]["headline"]["prose/full"]
     assert not h["reached"] and h["speedup"] is None
     assert "not reached (0/3 seeds)" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_headline_rests_on_the_hardest_target_every_seed_reached():
+    def target(bits, mean, n_reached):
+        return {"target": bits, "interval": {"mean": mean, "lo": mean - 0.1, "hi": mean + 0.1},
+                "lower_bound": False, "n_reached": n_reached, "n_seeds": 3}
+    arm = {"targets": [target(4.9, 0.7, 3), target(4.2, 0.8, 3), target(3.9, 1.01, 1)],
+           "transferred": None, "fraction": None, "effective_lower_bound": False}
+    h = _headline(arm)
+    assert (h["target_bits"], h["speedup"], h["n_reached"]) == (4.2, 0.8, 3)
+    assert not h["at_hardest"] and (h["hardest_bits"], h["hardest_n_reached"]) == (3.9, 1)
+    text = _headline_text("prose/full", h, "scratch", given=False)
+    assert "0.80× over scratch" in text and "to reach 4.200 bits/token" in text
+    assert "Only 1/3 seeds reached scratch's final loss (3.900 bits/token)" in text
 
 
 def test_single_run_dirs_and_rewrite_in_place(experiment, tmp_path):
