@@ -596,8 +596,8 @@ def headline(summary: dict[str, Any], out_dir: Path) -> str:
             line = f"  {arm}: {speed} ({h['n_reached']}/{h['n_seeds']} seeds)"
             if h["reached"]:
                 line += f" to {h['target_bits']:.3f} bits/token"
-            if h["reached"] and not h["at_hardest"]:
-                line += f"; {h['hardest_n_reached']}/{h['n_seeds']} seeds reached {h['hardest_bits']:.3f}"
+                if not h["at_hardest"]:
+                    line += f"; {h['hardest_n_reached']}/{h['n_seeds']} seeds reached {h['hardest_bits']:.3f}"
             lines.append(line)
     if summary["runs_without_metrics"]:
         lines.append(f"runs with no metrics: {', '.join(summary['runs_without_metrics'])}")
