@@ -342,13 +342,29 @@ def test_bad_inputs_name_the_fix(image_run, held_out_images, tmp_path):
         vq.VQTokenizer.load(tmp_path)
     with pytest.raises(TokenizerError, match="divisible by 4"):
         vq.image_seq_len(18, 4)
+    with pytest.raises(TokenizerError, match=r"activation 'tanh' is unknown; use one of \['relu', 'silu'\]"):
+        vq.check_model(vq.model_config(activation="tanh"))
+
+
+def test_a_tokenizer_saved_before_the_activation_option_loads_as_relu(image_run, held_out_images, tmp_path):
+    _, workdir, tok = image_run
+    old = shutil.copytree(workdir / "tokenizer", tmp_path / "old")
+    meta = json.loads((old / "tokenizer.json").read_text())
+    del meta["settings"]["model"]["activation"]
+    (old / "tokenizer.json").write_text(json.dumps(meta))
+    loaded = vq.VQTokenizer.load(old)
+    assert "activation" not in loaded.model_cfg and vq.activation(loaded.model_cfg) is nnx.relu
+    tokens = tok.encode(held_out_images[:32])
+    np.testing.assert_array_equal(loaded.encode(held_out_images[:32]), tokens)
+    np.testing.assert_array_equal(loaded.decode(tokens), tok.decode(tokens))
 
 
 def test_fsq_image_tokenizer_fits_and_round_trips(data_dir, tmp_path, held_out_images):
     cfg = tiny_image_config(data_dir, kind="fsq", steps=20)
     cfg.mesh.num_devices = 1  # the sharded path is the VQ fixture's; one device compiles faster
+    cfg.model.activation = "silu"  # configs/vq_images.py's; the VQ fixture keeps the default relu
     tok = vq_train.fit(cfg, tmp_path, log=lambda _: None)
-    assert tok.vocab_size == 32 and tok.qstate == {}
+    assert tok.vocab_size == 32 and tok.qstate == {} and tok.model_cfg.activation == "silu"
     tokens = tok.encode(held_out_images)
     assert tokens.shape == (len(held_out_images), 16) and tokens.max() < 32
     loaded = tokenizers.load(tmp_path / "tokenizer")
