@@ -105,7 +105,7 @@ def check_model(model: ml_collections.ConfigDict | dict) -> None:
     m = dict(model)
     if m["modality"] not in MODALITIES:
         raise TokenizerError(f"model.modality {m['modality']!r} is unknown; use 'image' or 'audio'.")
-    if m.get("activation", "relu") not in ACTIVATIONS:
+    if activation_name(m) not in ACTIVATIONS:
         raise TokenizerError(f"model.activation {m['activation']!r} is unknown; use one of {sorted(ACTIVATIONS)}.")
     if not m["strides"] or len(m["strides"]) != len(m["channels"]) or min(m["strides"]) < 1:
         raise TokenizerError(f"model.strides {list(m['strides'])} and model.channels {list(m['channels'])} must "
@@ -115,9 +115,13 @@ def check_model(model: ml_collections.ConfigDict | dict) -> None:
 # ---------------------------------------------------------------------------------------------
 # The network
 
+def activation_name(m: ml_collections.ConfigDict | dict) -> str:
+    """model.activation; tokenizers saved before the option existed used relu."""
+    return m.get("activation", "relu")
+
+
 def activation(m: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
-    """The model's nonlinearity; tokenizers saved before the option existed used relu."""
-    return ACTIVATIONS[m.get("activation", "relu")]
+    return ACTIVATIONS[activation_name(m)]
 
 
 class ResBlock(nnx.Module):
