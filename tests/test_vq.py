@@ -454,3 +454,33 @@ def test_fit_then_transfer_on_vq_image_tokens_end_to_end(data_dir, tmp_path):
         assert [r["step"] for r in evals] == [5, 10] and all(np.isfinite(r["loss"]) for r in evals)
         assert json.loads((run / "tokenizer" / "tokenizer.json").read_text())["kind"] == "vq"
     assert (exp / "report" / "report.html").is_file()
+
+
+def test_recolouring_keeps_grey_levels_and_includes_the_channel_permutations(data_dir):
+    photos = pipeline.load_examples(specs.images("shipped:photos", res=16, data_dir=data_dir, max_examples=32), "train")
+    n = len(photos)
+    third, zero, one = np.full(n, 2 * np.pi / 3), np.zeros(n), np.ones(n)
+    no, yes = np.zeros(n, bool), np.ones(n, bool)
+    # a turn by 2 pi / 3 cycles the channels (up to rounding); a mirror alone swaps red and green
+    np.testing.assert_allclose(vq_train.recolour(photos, third, no, one), photos[..., [2, 0, 1]], atol=1)
+    np.testing.assert_array_equal(vq_train.recolour(photos, zero, yes, one), photos[..., [1, 0, 2]])
+    # saturation 0 leaves each pixel's grey level in all three channels
+    grey = lambda x: x.astype(np.float64).mean(-1)
+    np.testing.assert_allclose(vq_train.recolour(photos, zero, no, 0 * one)[..., 0], grey(photos), atol=0.5)
+    # any angle and saturation keep each pixel's grey level (but for clipping); grey stays grey
+    rng = np.random.default_rng(0)
+    turned = vq_train.recolour(photos, rng.uniform(0, 2 * np.pi, n), no, rng.uniform(0.6, 1.4, n))
+    inside = np.all((turned > 0) & (turned < 255), axis=-1)
+    assert inside.mean() > 0.5
+    np.testing.assert_allclose(grey(turned)[inside], grey(photos)[inside], atol=1)
+    flat = np.repeat(photos[..., :1], 3, axis=-1)
+    np.testing.assert_array_equal(vq_train.recolour(flat, third, no, 1.4 * one), flat)
+    assert np.abs(turned.astype(int) - photos).mean() > 10  # colours did move
+
+
+def test_recolouring_grey_images_is_refused(data_dir):
+    cfg = tiny_image_config(data_dir, steps=1)
+    for colour in ("hue", "saturation"):
+        cfg.train.augment = ("flip", colour)
+        with pytest.raises(TokenizerError, match=f"\\['{colour}'\\] recolour RGB images"):
+            vq_train.batch_fn(cfg, np.zeros((4, 16, 16, 1), np.uint8))
