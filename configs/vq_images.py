@@ -7,7 +7,7 @@ Saves runs/vq_images/tokenizer: use it as data.tokenizer="vq:runs/vq_images/toke
 data.seq_len=64 (configs/transfer_vq_images.py). Measured on the quiet 2-core CPU
 (benchmarks/bench_vq.py): EMA VQ 10.5 minutes, held-out PSNR 23.88 dB over all pixels (25.36 dB
 as a mean of per-image PSNRs), codebook usage 96.7%; FSQ 9.4 minutes, 23.58 dB (25.46), 94.5%.
-SiLU and recolouring (hue, saturation) gained 0.1-0.3 dB each; wider or deeper networks did not
+SiLU gained 0.1-0.3 dB, recolouring (hue, saturation) 0.2 dB for VQ; wider or deeper networks did not
 at this budget. The issue's 24 dB pooled is still missed: see benchmarks/RESULTS.md, "VQ
 tokenizers (issue 5)".
 """
