@@ -157,6 +157,7 @@ def _rng(seed: int, step: int) -> np.random.Generator:
 
 AUGMENTATIONS = ("flip", "rotate", "channels", "hue", "saturation")
 GREY_AXIS = np.full(3, 1 / np.sqrt(3), np.float32)
+COLOUR_AUGMENTATIONS = frozenset({"hue", "saturation"})  # need RGB images
 SATURATION_RANGE = (0.6, 1.4)  # chroma scale: +0.06 dB held-out PSNR over hue turns alone (RESULTS.md)
 
 
@@ -177,8 +178,8 @@ def image_batch(images: np.ndarray, step: int, batch: int, seed: int,
                 augment: tuple[str, ...] = ("flip",)) -> np.ndarray:
     """float32 [batch, H, W, C] in [-1, 1]: distinct random images, each (per `augment`) mirrored
     with probability 1/2, turned by a random multiple of 90 degrees, its colour channels shuffled,
-    its hues turned by a random angle, its saturation scaled. A few training photos then stand for more of the
-    textures and colours held-out photos have."""
+    its hues turned by a random angle, its saturation scaled. A few training photos then stand
+    for more of the textures and colours held-out photos have."""
     rng = _rng(seed, step)
     x = images[rng.choice(len(images), batch, replace=len(images) < batch)]
     if "flip" in augment:
@@ -188,7 +189,7 @@ def image_batch(images: np.ndarray, step: int, batch: int, seed: int,
         x = np.stack([np.rot90(img, k) for img, k in zip(x, rng.integers(0, 4, batch))])
     if "channels" in augment:
         x = np.take_along_axis(x, np.stack([rng.permutation(x.shape[-1]) for _ in x])[:, None, None, :], axis=-1)
-    if {"hue", "saturation"} & set(augment):
+    if COLOUR_AUGMENTATIONS & set(augment):
         hue = "hue" in augment
         mirror = rng.random(batch) < 0.5 if hue else np.zeros(batch, bool)
         angles = rng.uniform(0, 2 * np.pi, batch) if hue else np.zeros(batch)
@@ -213,7 +214,7 @@ def batch_fn(cfg: ml_collections.ConfigDict, train: Any) -> Callable[[int], np.n
         unknown = set(cfg.train.augment) - set(AUGMENTATIONS)
         if unknown:
             raise TokenizerError(f"train.augment has {sorted(unknown)}; choose from {AUGMENTATIONS}.")
-        colour = {"hue", "saturation"} & set(cfg.train.augment)
+        colour = COLOUR_AUGMENTATIONS & set(cfg.train.augment)
         if colour and train.shape[-1] != 3:
             raise TokenizerError(f"train.augment {sorted(colour)} recolour RGB images, but {cfg.data.source} images "
                                  f"have {train.shape[-1]} channel(s); drop them from train.augment.")
