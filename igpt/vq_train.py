@@ -51,6 +51,7 @@ def train_config(steps: int = 2000, global_batch: int = 64) -> ml_collections.Co
     return ml_collections.ConfigDict(dict(
         steps=steps, global_batch=global_batch,
         augment=("flip",),  # images: any of AUGMENTATIONS
+        ema_decay=0.0,  # > 0: evaluate and save a running average of the weights (see weight_average)
         log_every=50, eval_every=500, checkpoint_every=500, keep_checkpoints=2, async_checkpoint=True,
     ))
 
@@ -155,10 +156,11 @@ def _rng(seed: int, step: int) -> np.random.Generator:
     return np.random.default_rng([seed, step])
 
 
-AUGMENTATIONS = ("flip", "rotate", "channels", "hue", "saturation")
+AUGMENTATIONS = ("flip", "rotate", "channels", "hue", "saturation", "contrast")
 GREY_AXIS = np.full(3, 1 / np.sqrt(3), np.float32)
 COLOUR_AUGMENTATIONS = frozenset({"hue", "saturation"})  # need RGB images
 SATURATION_RANGE = (0.6, 1.4)  # chroma scale: +0.06 dB held-out PSNR over hue turns alone (RESULTS.md)
+CONTRAST_RANGE = (0.7, 1.3)  # scale of each image's deviations from its mean level
 
 
 def recolour(images: np.ndarray, angles: np.ndarray, mirror: np.ndarray, saturation: np.ndarray) -> np.ndarray:
@@ -174,12 +176,21 @@ def recolour(images: np.ndarray, angles: np.ndarray, mirror: np.ndarray, saturat
     return np.clip(np.rint(grey + turned * saturation[:, None, None, None]), 0, 255).astype(np.uint8)
 
 
+def rescale_contrast(images: np.ndarray, factors: np.ndarray) -> np.ndarray:
+    """uint8 images with each image's deviations from its own mean level scaled by its factor
+    (clipped to [0, 255]): flat photos gain the strong edges and textures that dominate the
+    held-out error, busy ones soften."""
+    x = images.astype(np.float32)
+    mean = x.mean(axis=(1, 2, 3), keepdims=True)
+    return np.clip(np.rint(mean + (x - mean) * factors[:, None, None, None]), 0, 255).astype(np.uint8)
+
+
 def image_batch(images: np.ndarray, step: int, batch: int, seed: int,
                 augment: tuple[str, ...] = ("flip",)) -> np.ndarray:
     """float32 [batch, H, W, C] in [-1, 1]: distinct random images, each (per `augment`) mirrored
     with probability 1/2, turned by a random multiple of 90 degrees, its colour channels shuffled,
-    its hues turned by a random angle, its saturation scaled. A few training photos then stand
-    for more of the textures and colours held-out photos have."""
+    its hues turned by a random angle, its saturation scaled, its contrast scaled. A few
+    training photos then stand for more of the textures and colours held-out photos have."""
     rng = _rng(seed, step)
     x = images[rng.choice(len(images), batch, replace=len(images) < batch)]
     if "flip" in augment:
@@ -195,6 +206,8 @@ def image_batch(images: np.ndarray, step: int, batch: int, seed: int,
         angles = rng.uniform(0, 2 * np.pi, batch) if hue else np.zeros(batch)
         saturation = rng.uniform(*SATURATION_RANGE, batch) if "saturation" in augment else np.ones(batch)
         x = recolour(x, angles, mirror, saturation)
+    if "contrast" in augment:
+        x = rescale_contrast(x, rng.uniform(*CONTRAST_RANGE, batch))
     return vq.to_unit(x)
 
 
@@ -229,6 +242,14 @@ def batch_fn(cfg: ml_collections.ConfigDict, train: Any) -> Callable[[int], np.n
 # ---------------------------------------------------------------------------------------------
 # The step
 
+def weight_average(average: Any, params: Any, step: jax.Array, decay: float) -> Any:
+    """One step of the exponential moving average of the weights (Polyak averaging), with the
+    decay ramped as min(decay, (1 + step) / (10 + step)) so early weights fade fast. Averaged
+    weights reconstruct better than the last ones of a short, noisy run."""
+    d = jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+    return jax.tree.map(lambda a, p: a + (1.0 - d) * (p - a), average, params)
+
+
 def objective(graphdef: Any, quantizer: ml_collections.ConfigDict, params: Any, qstate: dict[str, jax.Array],
               x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, Any, jax.Array]]:
     """(reconstruction MSE + beta * commitment, (latents, quantizer output, MSE)). The codebook
@@ -242,8 +263,9 @@ def objective(graphdef: Any, quantizer: ml_collections.ConfigDict, params: Any, 
 
 
 def make_train_step(graphdef: Any, cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> Callable:
-    """(state, x) -> (state, metrics): Adam on `objective`, then the codebook's EMA step and
-    dead-code restarts (VQ), all on the global batch."""
+    """(state, x) -> (state, metrics): Adam on `objective`, the weights' running average (when
+    train.ema_decay > 0), then the codebook's EMA step and dead-code restarts (VQ), all on the
+    global batch."""
     q = cfg.quantizer
     grad_fn = jax.value_and_grad(functools.partial(objective, graphdef, q), has_aux=True)
 
@@ -253,6 +275,9 @@ def make_train_step(graphdef: Any, cfg: ml_collections.ConfigDict, tx: optax.Gra
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         new = dict(state, params=optax.apply_updates(state["params"], updates), opt_state=opt_state,
                    step=state["step"] + 1)
+        if "ema_params" in state:
+            new["ema_params"] = weight_average(state["ema_params"], new["params"], state["step"],
+                                               cfg.train.ema_decay)
         k = vq.num_codes(q)
         hist = jnp.bincount(out.codes.reshape(-1), length=k) / out.codes.size
         metrics = {"loss": loss, "recon": recon, "commitment": out.commitment_loss,
@@ -297,6 +322,9 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | Path,
     distributed.maybe_initialize(cfg.distributed)
     workdir = prepare_workdir(workdir)
     vq.check_model(cfg.model)
+    if not 0.0 <= cfg.train.ema_decay < 1.0:
+        raise TokenizerError(f"train.ema_decay={cfg.train.ema_decay} must lie in [0, 1): 0 saves the last weights, "
+                             "e.g. 0.999 their running average.")
     if cfg.model.modality == "audio":
         check_audio_frames(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
@@ -323,6 +351,8 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | Path,
         state = {"params": params, "opt_state": jax.jit(tx.init)(params),
                  "step": replicate(jnp.zeros((), jnp.int32)),
                  "rng": replicate(jax.random.key_data(jax.random.key(cfg.seed + 1)))}
+        if cfg.train.ema_decay:
+            state["ema_params"] = jax.tree.map(jnp.copy, params)
         if cfg.quantizer.kind == "vq":
             k, d = cfg.quantizer.num_codes, cfg.quantizer.code_dim
             state["quantizer"] = replicate(quantizers.vq_state(jnp.zeros((k, d)), jnp.zeros((k,))))
@@ -354,7 +384,9 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | Path,
 
 
 def _tokenizer(cfg: ml_collections.ConfigDict, state: dict[str, Any]) -> vq.VQTokenizer:
-    return vq.VQTokenizer(cfg.model, cfg.quantizer, state["params"], state.get("quantizer", {}))
+    """The tokenizer of the averaged weights when there are any, else of the last ones."""
+    params = state.get("ema_params", state["params"])
+    return vq.VQTokenizer(cfg.model, cfg.quantizer, params, state.get("quantizer", {}))
 
 
 def _summary(metrics: dict[str, float]) -> str:

@@ -154,6 +154,18 @@ def test_ema_update_follows_its_definition():
     np.testing.assert_allclose(new["codebook"], total / count[:, None], rtol=1e-4)
 
 
+def test_weight_average_ramps_its_decay_then_holds_it():
+    params = {"w": jnp.zeros(3)}
+    average = params
+    for step in range(200):  # a constant target: the average closes in at the ramped rate
+        average = vq_train.weight_average(average, {"w": jnp.ones(3)}, jnp.asarray(step), decay=0.99)
+        if step == 0:  # decay min(0.99, 1/10): the first weights are nearly taken as they are
+            np.testing.assert_allclose(average["w"], 0.9, rtol=1e-6)
+    gap = np.prod([min(0.99, (1 + t) / (10 + t)) for t in range(200)])
+    np.testing.assert_allclose(average["w"], 1.0 - gap, rtol=1e-5)
+    assert 0.0 < gap < 0.99**150  # past the ramp the full decay holds, and the average has not reached 1
+
+
 def test_dead_code_restart_revives_unused_codes_and_resets_their_statistics():
     rng = np.random.default_rng(0)
     live = np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
@@ -377,7 +389,7 @@ def test_fsq_image_tokenizer_fits_and_round_trips(data_dir, tmp_path, held_out_i
 def test_resume_from_a_checkpoint_ends_bitwise_where_an_uninterrupted_run_does(data_dir, tmp_path):
     cfg = tiny_image_config(data_dir, steps=20)
     cfg.mesh.num_devices = 1
-    cfg.train.update(checkpoint_every=10, eval_every=1000)
+    cfg.train.update(checkpoint_every=10, eval_every=1000, ema_decay=0.9)  # the weights' average resumes too
     whole = vq_train.fit(cfg, tmp_path / "whole", log=lambda _: None)
     resumed_dir = tmp_path / "resumed" / "checkpoints"
     shutil.copytree(tmp_path / "whole" / "checkpoints" / "10", resumed_dir / "10")  # as if killed after step 10
@@ -484,3 +496,26 @@ def test_recolouring_grey_images_is_refused(data_dir):
         cfg.train.augment = ("flip", colour)
         with pytest.raises(TokenizerError, match=f"\\['{colour}'\\] recolour RGB images"):
             vq_train.batch_fn(cfg, np.zeros((4, 16, 16, 1), np.uint8))
+
+
+def test_a_weight_average_decay_outside_0_1_is_refused(data_dir, tmp_path):
+    cfg = tiny_image_config(data_dir, steps=1)
+    cfg.train.ema_decay = 1.0
+    with pytest.raises(TokenizerError, match=r"train.ema_decay=1.0 must lie in \[0, 1\)"):
+        vq_train.fit(cfg, tmp_path, log=lambda _: None)
+
+
+def test_contrast_scales_deviations_from_each_images_mean(data_dir):
+    rng = np.random.default_rng(0)
+    images = rng.integers(96, 160, (2, 8, 8, 3)).astype(np.uint8)  # no factor here pushes them out of range
+    out = vq_train.rescale_contrast(images, np.array([0.7, 1.3]))
+    for image, scaled, factor in zip(images, out, (0.7, 1.3)):
+        assert abs(scaled.mean() - image.mean()) < 0.5
+        assert scaled.std() / image.std() == pytest.approx(factor, abs=0.01)
+    clipped = vq_train.rescale_contrast(np.array([[[[0]], [[255]]]], np.uint8), np.array([1.3]))
+    np.testing.assert_array_equal(clipped.ravel(), [0, 255])
+    cfg = tiny_image_config(data_dir)
+    photos = pipeline.load_examples(cfg.data, cfg.data.train_split)
+    plain = vq_train.image_batch(photos, 3, 16, seed=0, augment=("flip",))
+    contrasted = vq_train.image_batch(photos, 3, 16, seed=0, augment=("flip", "contrast"))
+    assert plain.shape == contrasted.shape and not np.array_equal(plain, contrasted)
