@@ -42,9 +42,41 @@ TOKENIZER_SUBDIR = "tokenizer"
 STFT_SIZES = (128, 256, 512)  # FFT sizes of the multi-resolution STFT distance (16-64 ms at 8 kHz)
 
 
-def optim_config(lr: float = 1e-3, warmup_steps: int = 100) -> ml_collections.ConfigDict:
-    return ml_collections.ConfigDict(dict(lr=lr, warmup_steps=warmup_steps, min_lr_ratio=0.1, b1=0.9, b2=0.99,
-                                          clip_norm=1.0))
+def optim_config(lr: float = 1e-3, warmup_steps: int = 100, name: str = "adam") -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(dict(name=name, lr=lr, warmup_steps=warmup_steps, min_lr_ratio=0.1, b1=0.9,
+                                          b2=0.99, clip_norm=1.0,
+                                          adam_modules=()))  # muon: modules whose kernels Adam trains
+
+
+OPTIMIZERS = ("adam", "muon")
+
+
+def kernel_dims(params: Any, adam_modules: tuple[str, ...] = ()) -> Any:
+    """Muon's view of each weight: a kernel [*window, in, out] is the matrix (window x in, out);
+    biases and the weights of `adam_modules` (top-level names, e.g. "encoder") are None: Adam's."""
+    def dims(path, p):
+        if p.ndim < 2 or path[0].key in adam_modules:
+            return None
+        return optax.contrib.MuonDimensionNumbers(tuple(range(p.ndim - 1)), p.ndim - 1)
+    return jax.tree_util.tree_map_with_path(dims, params)
+
+
+def check_optim(o: ml_collections.ConfigDict) -> None:
+    if o.name not in OPTIMIZERS:
+        raise TokenizerError(f"optim.name {o.name!r} is unknown; use one of {OPTIMIZERS}.")
+
+
+def make_optimizer(o: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
+    """Clipped Adam, or Muon (orthogonalised momentum) on the kernels with Adam on the biases,
+    its updates scaled to Adam's RMS so the same learning rate applies."""
+    check_optim(o)
+    if o.name == "muon":
+        inner = optax.contrib.muon(schedule, adam_b1=o.b1, adam_b2=o.b2, consistent_rms=0.2,
+                                   muon_weight_dimension_numbers=functools.partial(
+                                       kernel_dims, adam_modules=tuple(o.adam_modules)))
+    else:
+        inner = optax.adam(schedule, b1=o.b1, b2=o.b2)
+    return optax.chain(optax.clip_by_global_norm(o.clip_norm), inner)
 
 
 def train_config(steps: int = 2000, global_batch: int = 64) -> ml_collections.ConfigDict:
@@ -322,6 +354,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | Path,
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise TokenizerError(f"train.ema_decay={cfg.train.ema_decay} must lie in [0, 1): 0 saves the last weights, "
                              "e.g. 0.999 their running average.")
+    check_optim(cfg.optim)
     workdir = prepare_workdir(workdir)
     vq.check_model(cfg.model)
     if cfg.model.modality == "audio":
@@ -343,8 +376,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | Path,
 
     with jax.set_mesh(mesh):
         schedule = make_schedule(cfg.optim, cfg.train.steps)
-        o = cfg.optim
-        tx = optax.chain(optax.clip_by_global_norm(o.clip_norm), optax.adam(schedule, b1=o.b1, b2=o.b2))
+        tx = make_optimizer(cfg.optim, schedule)
         graphdef, params = vq.init_params(cfg.model, cfg.quantizer, cfg.seed)
         params = replicate(params)
         state = {"params": params, "opt_state": jax.jit(tx.init)(params),

@@ -12,6 +12,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -390,6 +391,7 @@ def test_resume_from_a_checkpoint_ends_bitwise_where_an_uninterrupted_run_does(d
     cfg = tiny_image_config(data_dir, steps=20)
     cfg.mesh.num_devices = 1
     cfg.train.update(checkpoint_every=10, eval_every=1000, ema_decay=0.9)  # the weights' average resumes too
+    cfg.optim.name = "muon"  # and Muon's momentum and Adam moments
     whole = vq_train.fit(cfg, tmp_path / "whole", log=lambda _: None)
     resumed_dir = tmp_path / "resumed" / "checkpoints"
     shutil.copytree(tmp_path / "whole" / "checkpoints" / "10", resumed_dir / "10")  # as if killed after step 10
@@ -498,11 +500,16 @@ def test_recolouring_grey_images_is_refused(data_dir):
             vq_train.batch_fn(cfg, np.zeros((4, 16, 16, 1), np.uint8))
 
 
-def test_a_weight_average_decay_outside_0_1_is_refused(data_dir, tmp_path):
+def test_bad_training_settings_are_refused_before_the_workdir_is_made(data_dir, tmp_path):
     cfg = tiny_image_config(data_dir, steps=1)
     cfg.train.ema_decay = 1.0
     with pytest.raises(TokenizerError, match=r"train.ema_decay=1.0 must lie in \[0, 1\)"):
-        vq_train.fit(cfg, tmp_path, log=lambda _: None)
+        vq_train.fit(cfg, tmp_path / "run", log=lambda _: None)
+    cfg = tiny_image_config(data_dir, steps=1)
+    cfg.optim.name = "adamw"
+    with pytest.raises(TokenizerError, match=r"optim.name 'adamw' is unknown"):
+        vq_train.fit(cfg, tmp_path / "run", log=lambda _: None)
+    assert not (tmp_path / "run").exists()
 
 
 def test_contrast_scales_deviations_from_each_images_mean(data_dir):
@@ -519,3 +526,24 @@ def test_contrast_scales_deviations_from_each_images_mean(data_dir):
     plain = vq_train.image_batch(photos, 3, 16, seed=0, augment=("flip",))
     contrasted = vq_train.image_batch(photos, 3, 16, seed=0, augment=("flip", "contrast"))
     assert plain.shape == contrasted.shape and not np.array_equal(plain, contrasted)
+
+
+def test_muon_orthogonalises_kernel_updates_and_leaves_biases_to_adam():
+    rng = np.random.default_rng(0)
+    # A kernel gradient whose (window x in, out) matrix has singular values spread over 100x.
+    u, _ = np.linalg.qr(rng.normal(size=(3 * 3 * 4, 8)))
+    v, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    grads = {"kernel": jnp.asarray((u * np.logspace(0, -2, 8)) @ v.T, jnp.float32).reshape(3, 3, 4, 8),
+             "bias": jnp.asarray(rng.normal(size=8), jnp.float32)}
+    params = jax.tree.map(jnp.zeros_like, grads)
+    o = vq_train.optim_config(name="muon")
+    o.clip_norm = 1e9
+    tx = vq_train.make_optimizer(o, 1e-2)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    singular = np.linalg.svd(np.asarray(updates["kernel"]).reshape(36, 8), compute_uv=False)
+    assert singular.max() / singular.min() < 2.0  # orthogonalised: the 100x spread is gone
+    adam = optax.adam(1e-2, b1=o.b1, b2=o.b2, nesterov=True)  # muon's Adam for what is not a matrix
+    np.testing.assert_allclose(updates["bias"], adam.update(grads["bias"], adam.init(params["bias"]))[0], rtol=1e-6)
+    o.name = "sgd"
+    with pytest.raises(TokenizerError, match=r"optim.name 'sgd' is unknown; use one of \('adam', 'muon'\)"):
+        vq_train.make_optimizer(o, 1e-2)
