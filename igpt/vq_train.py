@@ -61,9 +61,15 @@ def kernel_dims(params: Any, adam_modules: tuple[str, ...] = ()) -> Any:
     return jax.tree_util.tree_map_with_path(dims, params)
 
 
+MODULES = ("encoder", "decoder")  # the VQ-VAE's top-level modules, as optim.adam_modules names them
+
+
 def check_optim(o: ml_collections.ConfigDict) -> None:
     if o.name not in OPTIMIZERS:
         raise TokenizerError(f"optim.name {o.name!r} is unknown; use one of {OPTIMIZERS}.")
+    unknown = sorted(set(o.adam_modules) - set(MODULES))
+    if unknown:
+        raise TokenizerError(f"optim.adam_modules names {unknown}; the modules are {MODULES}.")
 
 
 def make_optimizer(o: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:

@@ -544,6 +544,12 @@ def test_muon_orthogonalises_kernel_updates_and_leaves_biases_to_adam():
     assert singular.max() / singular.min() < 2.0  # orthogonalised: the 100x spread is gone
     adam = optax.adam(1e-2, b1=o.b1, b2=o.b2, nesterov=True)  # muon's Adam for what is not a matrix
     np.testing.assert_allclose(updates["bias"], adam.update(grads["bias"], adam.init(params["bias"]))[0], rtol=1e-6)
-    o.name = "sgd"
+    dims = vq_train.kernel_dims({"encoder": grads, "decoder": grads}, adam_modules=("encoder",))
+    assert dims["encoder"]["kernel"] is None and dims["decoder"]["bias"] is None
+    assert dims["decoder"]["kernel"] == optax.contrib.MuonDimensionNumbers((0, 1, 2), 3)
+    o.adam_modules = ("encoder", "head")
+    with pytest.raises(TokenizerError, match=r"optim.adam_modules names \['head'\]; the modules are"):
+        vq_train.make_optimizer(o, 1e-2)
+    o.name, o.adam_modules = "sgd", ()
     with pytest.raises(TokenizerError, match=r"optim.name 'sgd' is unknown; use one of \('adam', 'muon'\)"):
         vq_train.make_optimizer(o, 1e-2)
