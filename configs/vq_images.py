@@ -31,12 +31,12 @@ def get_config(kind: str = "vq"):
                               activation="silu"),
         quantizer=quantizer,
         data=specs.images("shipped:photos", res=32, tokenizer="vq"),
-        optim=vq_train.optim_config(lr=recipe["lr"], warmup_steps=100, name="muon"),
+        optim=vq_train.optim_config(lr=recipe["lr"], warmup_steps=100, name="muon",
+                                    adam_modules=recipe["adam_modules"]),
         # VQ fits the 15-minute budget on session 6's slow 2 cores (0.5 s a step); FSQ's 3300 steps
         # take 29 minutes there, about 15 at session 4's quicker rates.
         train=vq_train.train_config(steps=recipe["steps"], global_batch=64),
     )
-    c.optim.adam_modules = recipe["adam_modules"]
     c.train.ema_decay = 0.999  # evaluate and save the weights' running average
     # Seven training photos: mirrored, turned and recoloured copies (hue turned about the grey
     # axis, saturation scaled) stand in for the textures and colours of unseen ones.

@@ -42,10 +42,11 @@ TOKENIZER_SUBDIR = "tokenizer"
 STFT_SIZES = (128, 256, 512)  # FFT sizes of the multi-resolution STFT distance (16-64 ms at 8 kHz)
 
 
-def optim_config(lr: float = 1e-3, warmup_steps: int = 100, name: str = "adam") -> ml_collections.ConfigDict:
+def optim_config(lr: float = 1e-3, warmup_steps: int = 100, name: str = "adam",
+                 adam_modules: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+    """name: one of OPTIMIZERS; adam_modules: with "muon", the modules whose kernels Adam trains."""
     return ml_collections.ConfigDict(dict(name=name, lr=lr, warmup_steps=warmup_steps, min_lr_ratio=0.1, b1=0.9,
-                                          b2=0.99, clip_norm=1.0,
-                                          adam_modules=()))  # muon: modules whose kernels Adam trains
+                                          b2=0.99, clip_norm=1.0, adam_modules=tuple(adam_modules)))
 
 
 OPTIMIZERS = ("adam", "muon")
