@@ -44,7 +44,8 @@ STFT_SIZES = (128, 256, 512)  # FFT sizes of the multi-resolution STFT distance 
 
 def optim_config(lr: float = 1e-3, warmup_steps: int = 100, name: str = "adam",
                  adam_modules: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
-    """name: one of OPTIMIZERS; adam_modules: with "muon", the modules whose kernels Adam trains."""
+    """name: one of OPTIMIZERS; adam_modules: with "muon", the modules (dotted paths: "encoder",
+    "decoder.up.1") whose kernels Adam trains."""
     return ml_collections.ConfigDict(dict(name=name, lr=lr, warmup_steps=warmup_steps, min_lr_ratio=0.1, b1=0.9,
                                           b2=0.99, clip_norm=1.0, adam_modules=tuple(adam_modules)))
 
@@ -52,31 +53,44 @@ def optim_config(lr: float = 1e-3, warmup_steps: int = 100, name: str = "adam",
 OPTIMIZERS = ("adam", "muon")
 
 
+def weight_names(params: Any) -> list[str]:
+    """Dotted paths of the weights, e.g. "encoder.out.kernel.value"."""
+    return [jax.tree_util.keystr(path, simple=True, separator=".")
+            for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+
+
+def in_modules(name: str, modules: tuple[str, ...]) -> bool:
+    return any(name.startswith(m + ".") for m in modules)
+
+
 def kernel_dims(params: Any, adam_modules: tuple[str, ...] = ()) -> Any:
     """Muon's view of each weight: a kernel [*window, in, out] is the matrix (window x in, out);
-    biases and the weights of `adam_modules` (top-level names, e.g. "encoder") are None: Adam's."""
+    biases and the weights of `adam_modules` (dotted module paths, e.g. "encoder" or
+    "encoder.out") are None: Adam's."""
     def dims(path, p):
-        if p.ndim < 2 or path[0].key in adam_modules:
+        if p.ndim < 2 or in_modules(jax.tree_util.keystr(path, simple=True, separator="."), adam_modules):
             return None
         return optax.contrib.MuonDimensionNumbers(tuple(range(p.ndim - 1)), p.ndim - 1)
     return jax.tree_util.tree_map_with_path(dims, params)
 
 
-MODULES = ("encoder", "decoder")  # the VQ-VAE's top-level modules, as optim.adam_modules names them
-
-
-def check_optim(o: ml_collections.ConfigDict) -> None:
+def check_optim(o: ml_collections.ConfigDict, params: Any) -> None:
+    """Refuses an unknown optimiser, or an optim.adam_modules entry that holds none of `params`
+    (a typo would otherwise leave that module on Muon without a word)."""
     if o.name not in OPTIMIZERS:
         raise TokenizerError(f"optim.name {o.name!r} is unknown; use one of {OPTIMIZERS}.")
-    unknown = sorted(set(o.adam_modules) - set(MODULES))
+    names = weight_names(params)
+    unknown = sorted(m for m in o.adam_modules if not any(in_modules(n, (m,)) for n in names))
     if unknown:
-        raise TokenizerError(f"optim.adam_modules names {unknown}; the modules are {MODULES}.")
+        modules = sorted({n.rsplit(".", 2)[0] for n in names})
+        raise TokenizerError(f"optim.adam_modules names {unknown}, which hold no weights; name modules "
+                             f"by their dotted paths: 'encoder', 'decoder' or one of {modules}.")
 
 
 def make_optimizer(o: ml_collections.ConfigDict, schedule: optax.Schedule) -> optax.GradientTransformation:
     """Clipped Adam, or Muon (orthogonalised momentum) on the kernels with Adam on the biases,
-    its updates scaled to Adam's RMS so the same learning rate applies."""
-    check_optim(o)
+    its updates scaled to Adam's RMS so the same learning rate applies. Check `o` with
+    check_optim first."""
     if o.name == "muon":
         inner = optax.contrib.muon(schedule, adam_b1=o.b1, adam_b2=o.b2, consistent_rms=0.2,
                                    muon_weight_dimension_numbers=functools.partial(
@@ -361,7 +375,7 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | Path,
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise TokenizerError(f"train.ema_decay={cfg.train.ema_decay} must lie in [0, 1): 0 saves the last weights, "
                              "e.g. 0.999 their running average.")
-    check_optim(cfg.optim)
+    check_optim(cfg.optim, nnx.state(vq.abstract_model(cfg.model, cfg.quantizer), nnx.Param))
     workdir = prepare_workdir(workdir)
     vq.check_model(cfg.model)
     if cfg.model.modality == "audio":

@@ -544,12 +544,24 @@ def test_muon_orthogonalises_kernel_updates_and_leaves_biases_to_adam():
     assert singular.max() / singular.min() < 2.0  # orthogonalised: the 100x spread is gone
     adam = optax.adam(1e-2, b1=o.b1, b2=o.b2, nesterov=True)  # muon's Adam for what is not a matrix
     np.testing.assert_allclose(updates["bias"], adam.update(grads["bias"], adam.init(params["bias"]))[0], rtol=1e-6)
-    dims = vq_train.kernel_dims({"encoder": grads, "decoder": grads}, adam_modules=("encoder",))
-    assert dims["encoder"]["kernel"] is None and dims["decoder"]["bias"] is None
-    assert dims["decoder"]["kernel"] == optax.contrib.MuonDimensionNumbers((0, 1, 2), 3)
-    o.adam_modules = ("encoder", "head")
-    with pytest.raises(TokenizerError, match=r"optim.adam_modules names \['head'\]; the modules are"):
-        vq_train.make_optimizer(o, 1e-2)
+
+
+def test_adam_modules_are_dotted_module_paths_checked_against_the_model(data_dir):
+    grads = {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.ones(8)}
+    dims = vq_train.kernel_dims({"encoder": {"out": grads, "mid": grads}, "decoder": grads},
+                                adam_modules=("encoder.out",))
+    assert dims["encoder"]["out"]["kernel"] is None and dims["decoder"]["bias"] is None
+    assert dims["encoder"]["mid"]["kernel"] == optax.contrib.MuonDimensionNumbers((0, 1, 2), 3)
+    assert dims["decoder"]["kernel"] == dims["encoder"]["mid"]["kernel"]
+    assert vq_train.kernel_dims(grads, adam_modules=("encoder",))["kernel"] is not None
+    cfg = tiny_image_config(data_dir)
+    params = nnx.state(vq.abstract_model(cfg.model, cfg.quantizer), nnx.Param)
+    o = vq_train.optim_config(name="muon", adam_modules=("encoder", "decoder.inp", "encoder.out"))
+    vq_train.check_optim(o, params)
+    o.adam_modules = ("encoder", "head", "encoder.ou")  # "encoder.ou" is a prefix of no module
+    with pytest.raises(TokenizerError, match=r"optim.adam_modules names \['encoder.ou', 'head'\], which hold no "
+                                             r"weights; .* one of \[.*'encoder.out'"):
+        vq_train.check_optim(o, params)
     o.name, o.adam_modules = "sgd", ()
     with pytest.raises(TokenizerError, match=r"optim.name 'sgd' is unknown; use one of \('adam', 'muon'\)"):
-        vq_train.make_optimizer(o, 1e-2)
+        vq_train.check_optim(o, params)

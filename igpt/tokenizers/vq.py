@@ -212,11 +212,16 @@ class VQVAE(nnx.Module):
         return self.decoder(z_q).astype(jnp.float32)
 
 
+def abstract_model(model: ml_collections.ConfigDict, quantizer: ml_collections.ConfigDict) -> VQVAE:
+    """The VQVAE with shapes for weights: its structure, without drawing a number."""
+    return nnx.eval_shape(lambda: VQVAE(model, quantizer, rngs=nnx.Rngs(0)))
+
+
 def init_params(model: ml_collections.ConfigDict, quantizer: ml_collections.ConfigDict,
                 seed: int) -> tuple[nnx.GraphDef, nnx.State]:
     """(graphdef, params) of a fresh VQVAE, drawn in one jit with the "rbg" PRNG: XLA:CPU
     compiles threefry once per parameter shape (about 5 s for this network), rbg in about 1 s."""
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: VQVAE(model, quantizer, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(abstract_model(model, quantizer))
     make = lambda: nnx.state(VQVAE(model, quantizer, rngs=nnx.Rngs(jax.random.key(seed, impl="rbg"))), nnx.Param)
     return graphdef, jax.jit(make)()
 
