@@ -53,10 +53,13 @@ def optim_config(lr: float = 1e-3, warmup_steps: int = 100, name: str = "adam",
 OPTIMIZERS = ("adam", "muon")
 
 
+def dotted(path: tuple) -> str:
+    """A weight's path in the params tree as optim.adam_modules spells it: "encoder.out.kernel.value"."""
+    return jax.tree_util.keystr(path, simple=True, separator=".")
+
+
 def weight_names(params: Any) -> list[str]:
-    """Dotted paths of the weights, e.g. "encoder.out.kernel.value"."""
-    return [jax.tree_util.keystr(path, simple=True, separator=".")
-            for path, _ in jax.tree_util.tree_leaves_with_path(params)]
+    return [dotted(path) for path, _ in jax.tree_util.tree_leaves_with_path(params)]
 
 
 def in_modules(name: str, modules: tuple[str, ...]) -> bool:
@@ -68,7 +71,7 @@ def kernel_dims(params: Any, adam_modules: tuple[str, ...] = ()) -> Any:
     biases and the weights of `adam_modules` (dotted module paths, e.g. "encoder" or
     "encoder.out") are None: Adam's."""
     def dims(path, p):
-        if p.ndim < 2 or in_modules(jax.tree_util.keystr(path, simple=True, separator="."), adam_modules):
+        if p.ndim < 2 or in_modules(dotted(path), adam_modules):
             return None
         return optax.contrib.MuonDimensionNumbers(tuple(range(p.ndim - 1)), p.ndim - 1)
     return jax.tree_util.tree_map_with_path(dims, params)
