@@ -378,9 +378,9 @@ def fit(cfg: ml_collections.ConfigDict, workdir: str | Path,
     if not 0.0 <= cfg.train.ema_decay < 1.0:
         raise TokenizerError(f"train.ema_decay={cfg.train.ema_decay} must lie in [0, 1): 0 saves the last weights, "
                              "e.g. 0.999 their running average.")
+    vq.check_model(cfg.model)
     check_optim(cfg.optim, nnx.state(vq.abstract_model(cfg.model, cfg.quantizer), nnx.Param))
     workdir = prepare_workdir(workdir)
-    vq.check_model(cfg.model)
     if cfg.model.modality == "audio":
         check_audio_frames(cfg)
     mesh = sharding.make_mesh(cfg.mesh)
