@@ -36,6 +36,7 @@ from igpt.metrics import MetricsWriter
 from igpt.tokenizers import quantizers, vq
 from igpt.tokenizers.base import TokenizerError
 from igpt.train import NonFiniteLossError, PreemptionFlag, abstract, make_schedule
+from igpt.treepaths import path_names
 from igpt.workdir import prepare_workdir, write_run_files
 
 TOKENIZER_SUBDIR = "tokenizer"
@@ -55,7 +56,7 @@ OPTIMIZERS = ("adam", "muon")
 
 def dotted(path: tuple) -> str:
     """A weight's path in the params tree as optim.adam_modules spells it: "encoder.out.kernel.value"."""
-    return jax.tree_util.keystr(path, simple=True, separator=".")
+    return ".".join(path_names(path))
 
 
 def weight_names(params: Any) -> list[str]:
