@@ -4,7 +4,7 @@ held-out figures and the wall time it took.
   python benchmarks/bench_vq.py images-vq images-fsq audio --workdir runs/bench_vq
 
   images-vq   configs/vq_images.py       32x32 shipped photos, 4x (64 tokens), 512 EMA-VQ codes
-  images-fsq  configs/vq_images.py:fsq   the same with FSQ levels (8, 8, 8) = 512 codes
+  images-fsq  configs/vq_images.py:fsq   the same with FSQ levels (8, 4, 4, 4) = 512 codes
   audio       configs/vq_audio.py        shipped music at 8 kHz, 16x (500 tokens/s), 512 codes
 Targets of the issue: images PSNR >= 24 dB and usage >= 90% within 15 minutes of training on
 2 CPU cores; audio usage >= 90%, SNR stated. PSNR is over all held-out pixels (from the mean
