@@ -257,7 +257,7 @@ def _codec(model_json: str, quantizer_json: str) -> tuple[Callable, Callable]:
     a new instance (an eval during training, a reload) compiles nothing again."""
     model = ml_collections.ConfigDict(_tuples(json.loads(model_json)))
     q = ml_collections.ConfigDict(_tuples(json.loads(quantizer_json)))
-    graphdef = nnx.graphdef(nnx.eval_shape(lambda: VQVAE(model, q, rngs=nnx.Rngs(0))))
+    graphdef = nnx.graphdef(abstract_model(model, q))
 
     def encode(params, qstate, x):
         return quantize(q, qstate, nnx.merge(graphdef, params).encode(x)).codes
@@ -368,7 +368,7 @@ class VQTokenizer:
         settings, arrays = read_tokenizer_dir(directory, KIND)
         model = ml_collections.ConfigDict(_tuples(settings["model"]))
         quantizer = ml_collections.ConfigDict(_tuples(settings["quantizer"]))
-        state = nnx.state(nnx.eval_shape(lambda: VQVAE(model, quantizer, rngs=nnx.Rngs(0))), nnx.Param)
+        state = nnx.state(abstract_model(model, quantizer), nnx.Param)
         pure = nnx.to_pure_dict(state)
         names = _flatten(jax.tree.map(lambda _: np.zeros(()), pure), "params/")
         missing = [n for n in names if n not in arrays]
