@@ -44,11 +44,11 @@ STFT_SIZES = (128, 256, 512)  # FFT sizes of the multi-resolution STFT distance 
 
 
 def optim_config(lr: float = 1e-3, warmup_steps: int = 100, name: str = "adam",
-                 adam_modules: tuple[str, ...] = ()) -> ml_collections.ConfigDict:
+                 adam_modules: tuple[str, ...] = (), min_lr_ratio: float = 0.1) -> ml_collections.ConfigDict:
     """name: one of OPTIMIZERS; adam_modules: with "muon", the modules (dotted paths: "encoder",
-    "decoder.up.1") whose kernels Adam trains."""
-    return ml_collections.ConfigDict(dict(name=name, lr=lr, warmup_steps=warmup_steps, min_lr_ratio=0.1, b1=0.9,
-                                          b2=0.99, clip_norm=1.0, adam_modules=tuple(adam_modules)))
+    "decoder.up.1") whose kernels Adam trains; the cosine decay ends at lr * min_lr_ratio."""
+    return ml_collections.ConfigDict(dict(name=name, lr=lr, warmup_steps=warmup_steps, min_lr_ratio=min_lr_ratio,
+                                          b1=0.9, b2=0.99, clip_norm=1.0, adam_modules=tuple(adam_modules)))
 
 
 OPTIMIZERS = ("adam", "muon")
