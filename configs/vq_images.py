@@ -5,7 +5,7 @@ tokens per image, and 512 codes from EMA vector quantization, or from FSQ with `
   igpt-fit-tokenizer --config configs/vq_images.py:fsq --workdir runs/vq_images_fsq   # levels (8, 4, 4, 4)
 Saves runs/vq_images/tokenizer: use it as data.tokenizer="vq:runs/vq_images/tokenizer" with
 data.seq_len=64 (configs/transfer_vq_images.py). Measured on the slow 2-core machine of
-sessions 5-8 (benchmarks/RESULTS.md, "VQ tokenizers (issue 5)"): EMA VQ, 1650 steps in 14.7
+sessions 5-9 (benchmarks/RESULTS.md, "VQ tokenizers (issue 5)"): EMA VQ, 1650 steps in 14.7
 minutes, held-out PSNR 24.02 dB over all pixels (25.59 dB as a mean of per-image PSNRs), codebook
 usage 97.3%; FSQ, 1600 steps in 13.5 minutes, 23.96 dB (25.58), 96.7%. SiLU gained 0.1-0.3 dB,
 recolouring 0.2 dB, the weights' running average 0.1 dB, Muon 0.1-0.4 dB at equal time, FSQ's four
