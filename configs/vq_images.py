@@ -41,7 +41,7 @@ def get_config(kind: str = "vq"):
         data=specs.images("shipped:photos", res=32, tokenizer="vq"),
         optim=vq_train.optim_config(lr=recipe["lr"], warmup_steps=100, name="muon",
                                     adam_modules=recipe["adam_modules"], min_lr_ratio=recipe["min_lr_ratio"]),
-        # Both fit the 15-minute budget on the slow 2 cores of sessions 5-8 (0.47-0.55 s a step).
+        # Both fit the 15-minute budget on the slow 2 cores of sessions 5-9 (0.45-0.55 s a step).
         train=vq_train.train_config(steps=recipe["steps"], global_batch=64),
     )
     c.train.ema_decay = recipe["ema_decay"]  # evaluate and save the weights' running average
