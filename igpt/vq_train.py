@@ -30,7 +30,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from igpt import checkpoint, distributed, sharding
+from igpt import checkpoint, distributed, muon, sharding
 from igpt.data import audio, pipeline
 from igpt.metrics import MetricsWriter
 from igpt.tokenizers import quantizers, vq
@@ -67,15 +67,12 @@ def in_modules(name: str, modules: tuple[str, ...]) -> bool:
     return any(name.startswith(m + ".") for m in modules)
 
 
-def kernel_dims(params: Any, adam_modules: tuple[str, ...] = ()) -> Any:
-    """Muon's view of each weight: a kernel [*window, in, out] is the matrix (window x in, out);
-    biases and the weights of `adam_modules` (dotted module paths, e.g. "encoder" or
-    "encoder.out") are None: Adam's."""
-    def dims(path, p):
-        if p.ndim < 2 or in_modules(dotted(path), adam_modules):
-            return None
-        return optax.contrib.MuonDimensionNumbers(tuple(range(p.ndim - 1)), p.ndim - 1)
-    return jax.tree_util.tree_map_with_path(dims, params)
+def muon_kernels(params: Any, adam_modules: tuple[str, ...] = ()) -> Any:
+    """Which weights Muon trains: kernels [*window, in, out], as matrices (window x in, out),
+    except those of `adam_modules` (dotted module paths, e.g. "encoder" or "encoder.out");
+    biases and those kernels are Adam's."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, p: p.ndim >= 2 and not in_modules(dotted(path), adam_modules), params)
 
 
 def check_optim(o: ml_collections.ConfigDict, params: Any) -> None:
@@ -96,9 +93,8 @@ def make_optimizer(o: ml_collections.ConfigDict, schedule: optax.Schedule) -> op
     its updates scaled to Adam's RMS so the same learning rate applies. Check `o` with
     check_optim first."""
     if o.name == "muon":
-        inner = optax.contrib.muon(schedule, adam_b1=o.b1, adam_b2=o.b2, consistent_rms=0.2,
-                                   muon_weight_dimension_numbers=functools.partial(
-                                       kernel_dims, adam_modules=tuple(o.adam_modules)))
+        inner = muon.muon(schedule, functools.partial(muon_kernels, adam_modules=tuple(o.adam_modules)),
+                          adam_b1=o.b1, adam_b2=o.b2)
     else:
         inner = optax.adam(schedule, b1=o.b1, b2=o.b2)
     return optax.chain(optax.clip_by_global_norm(o.clip_norm), inner)

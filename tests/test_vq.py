@@ -548,12 +548,11 @@ def test_muon_orthogonalises_kernel_updates_and_leaves_biases_to_adam():
 
 def test_adam_modules_are_dotted_module_paths_checked_against_the_model(data_dir):
     grads = {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.ones(8)}
-    dims = vq_train.kernel_dims({"encoder": {"out": grads, "mid": grads}, "decoder": grads},
-                                adam_modules=("encoder.out",))
-    assert dims["encoder"]["out"]["kernel"] is None and dims["decoder"]["bias"] is None
-    assert dims["encoder"]["mid"]["kernel"] == optax.contrib.MuonDimensionNumbers((0, 1, 2), 3)
-    assert dims["decoder"]["kernel"] == dims["encoder"]["mid"]["kernel"]
-    assert vq_train.kernel_dims(grads, adam_modules=("encoder",))["kernel"] is not None
+    muon = vq_train.muon_kernels({"encoder": {"out": grads, "mid": grads}, "decoder": grads},
+                                 adam_modules=("encoder.out",))
+    assert not muon["encoder"]["out"]["kernel"] and not muon["decoder"]["bias"]
+    assert muon["encoder"]["mid"]["kernel"] and muon["decoder"]["kernel"]
+    assert vq_train.muon_kernels(grads, adam_modules=("encoder",))["kernel"]
     cfg = tiny_image_config(data_dir)
     params = nnx.state(vq.abstract_model(cfg.model, cfg.quantizer), nnx.Param)
     o = vq_train.optim_config(name="muon", adam_modules=("encoder", "decoder.inp", "encoder.out"))
