@@ -7,7 +7,7 @@ Saves runs/vq_images/tokenizer: use it as data.tokenizer="vq:runs/vq_images/toke
 data.seq_len=64 (configs/transfer_vq_images.py). Measured on the 2-core machine of sessions
 5-11 (benchmarks/RESULTS.md, "VQ tokenizers (issue 5)"): EMA VQ, 1650 steps in 14.7 minutes,
 held-out PSNR 24.02 dB over all pixels (25.59 dB as a mean of per-image PSNRs), codebook usage
-97.3%; FSQ with three residual blocks, 1500 steps in 9.6 minutes (the machine's quicker hours;
+97.3%; FSQ with three residual blocks, 1500 steps in 8.1-9.6 minutes (the machine's quicker hours;
 about 15 in its slowest), 24.005 dB (25.64), 98.2% (seeds 1: 23.95 dB, 97.1%). SiLU gained
 0.1-0.3 dB, recolouring 0.2 dB, the weights' running average 0.1 dB, Muon 0.1-0.4 dB at equal
 time, FSQ's four channels (8, 4, 4, 4) instead of three (8, 8, 8) 0.2 dB, ending FSQ's cosine
