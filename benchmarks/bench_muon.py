@@ -47,32 +47,25 @@ def main() -> None:
     graphdef, params = vq.init_params(cfg.model, cfg.quantizer, 0)
     params = replicate(params)
     kernels = functools.partial(vq_train.muon_kernels, adam_modules=tuple(cfg.optim.adam_modules))
-    dims = lambda p: jax.tree.map(
-        lambda k, x: optax.contrib.MuonDimensionNumbers(tuple(range(x.ndim - 1)), x.ndim - 1) if k else None,
-        kernels(p), p)
     schedule = vq_train.make_schedule(cfg.optim, cfg.train.steps)
-    updates = {
-        "update: igpt.muon (Gram)": muon.muon(schedule, kernels, adam_b1=cfg.optim.b1, adam_b2=cfg.optim.b2),
-        "update: optax.contrib.muon": optax.contrib.muon(schedule, adam_b1=cfg.optim.b1, adam_b2=cfg.optim.b2,
-                                                         consistent_rms=0.2, muon_weight_dimension_numbers=dims),
-    }
+    b1, b2 = cfg.optim.b1, cfg.optim.b2
+    optimisers = {"igpt.muon (Gram)": muon.muon(schedule, kernels, adam_b1=b1, adam_b2=b2),
+                  "optax.contrib.muon": muon.optax_reference(schedule, kernels, adam_b1=b1, adam_b2=b2)}
     grads = jax.tree.map(lambda p: p * 0.01, params)
     calls = {}
-    for name, tx in updates.items():
+    for name, tx in optimisers.items():
         fn = jax.jit(lambda g, s, p, tx=tx: tx.update(g, s, p))
         state = jax.jit(tx.init)(params)
-        calls[name] = lambda fn=fn, state=state: fn(grads, state, params)
+        calls[f"update: {name}"] = lambda fn=fn, state=state: fn(grads, state, params)
 
     batch = NamedSharding(mesh, sharding.logical_spec(("batch",), sharding.DEFAULT_RULES))
     x = jax.device_put(np.random.default_rng(0).uniform(-1, 1, (cfg.train.global_batch, 32, 32, 3))
                        .astype(np.float32), batch)
-    steps = {"adam": None, "muon (igpt.muon)": None,
-             "muon (optax.contrib.muon)": updates["update: optax.contrib.muon"]}
-    for name, inner in steps.items():
-        cfg.optim.name = name.split()[0]
-        tx = vq_train.make_optimizer(cfg.optim, schedule)
-        if inner is not None:
-            tx = optax.chain(optax.clip_by_global_norm(cfg.optim.clip_norm), inner)
+    clip = optax.clip_by_global_norm(cfg.optim.clip_norm)
+    cfg.optim.name = "adam"
+    steps = {"adam": vq_train.make_optimizer(cfg.optim, schedule),
+             **{f"muon ({name})": optax.chain(clip, tx) for name, tx in optimisers.items()}}
+    for name, tx in steps.items():
         state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": replicate(jnp.zeros((), jnp.int32)),
                  "rng": replicate(jax.random.key_data(jax.random.key(1))), "ema_params": jax.tree.map(jnp.copy, params)}
         step = jax.jit(vq_train.make_train_step(graphdef, cfg, tx))

@@ -83,3 +83,13 @@ def muon(learning_rate: optax.ScalarOrSchedule, is_kernel: Callable[[Any], Any],
                             optax.scale_by_learning_rate(learning_rate)),
         "adam": optax.adamw(learning_rate, b1=adam_b1, b2=adam_b2, eps=eps, weight_decay=0.0, nesterov=True),
     }, labels)
+
+
+def optax_reference(learning_rate: optax.ScalarOrSchedule, is_kernel: Callable[[Any], Any], *,
+                    adam_b1: float = 0.9, adam_b2: float = 0.999) -> optax.GradientTransformation:
+    """optax.contrib.muon set up as `muon` is: what tests and benchmarks compare it against."""
+    dims = lambda params: jax.tree.map(
+        lambda k, p: optax.contrib.MuonDimensionNumbers(tuple(range(p.ndim - 1)), p.ndim - 1) if k else None,
+        is_kernel(params), params)
+    return optax.contrib.muon(learning_rate, adam_b1=adam_b1, adam_b2=adam_b2, consistent_rms=0.2,
+                              muon_weight_dimension_numbers=dims)

@@ -36,12 +36,9 @@ def test_updates_match_optax_muon_over_several_steps():
     rng = np.random.default_rng(1)
     params = _kernels(rng)
     is_kernel = lambda p: jax.tree.map(lambda x: x.ndim >= 2, p)
-    dims = lambda p: jax.tree.map(
-        lambda x: optax.contrib.MuonDimensionNumbers(tuple(range(x.ndim - 1)), x.ndim - 1) if x.ndim >= 2 else None, p)
     schedule = optax.cosine_decay_schedule(4e-3, 10)
     ours = muon.muon(schedule, is_kernel, adam_b1=0.9, adam_b2=0.99)
-    ref = optax.contrib.muon(schedule, adam_b1=0.9, adam_b2=0.99, consistent_rms=0.2,
-                             muon_weight_dimension_numbers=dims)
+    ref = muon.optax_reference(schedule, is_kernel, adam_b1=0.9, adam_b2=0.99)
     s_ours, s_ref = ours.init(params), ref.init(params)
     for _ in range(4):
         grads = _kernels(rng)
