@@ -30,12 +30,14 @@ def measure(a: argparse.Namespace, batch: int) -> dict:
     import numpy as np
     from flax import nnx
 
-    from igpt import sharding, transfer_init
+    from igpt import sharding
     from igpt.data import specs
     from igpt.hardware import peak_flops_per_device
     from igpt.model import Transformer, count_params, flops_per_token, model_config
     from igpt.train import (base_config, create_state, make_optimizer, make_schedule, make_step_fns, optim_config,
                             train_config)
+    from igpt.transfer import init as transfer_init
+    from igpt.transfer.arms import SCRATCH
 
     model = model_config("igpt-m", num_layers=a.layers, width=a.width, num_heads=a.heads, dtype=a.dtype,
                          attention=a.attention, remat=a.remat, scan_layers=a.scan_layers)
@@ -46,7 +48,7 @@ def measure(a: argparse.Namespace, batch: int) -> dict:
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         shapes = nnx.state(nnx.eval_shape(lambda: Transformer(cfg.model, a.vocab, a.seq, rngs=nnx.Rngs(0))), nnx.Param)
         tx = make_optimizer(cfg.optim, make_schedule(cfg.optim, cfg.train.steps),
-                            transfer_init.param_labels(shapes, "scratch", ()))
+                            transfer_init.param_labels(shapes, SCRATCH, ()))
         graphdef, state = create_state(cfg, a.vocab, a.seq, mesh, tx)
         n_params = count_params(nnx.merge(graphdef, state["params"]))
         step = jax.jit(make_step_fns(graphdef, tx, bos_id=a.vocab, optim=cfg.optim, nan_step=-1).train,

@@ -19,7 +19,9 @@ from flax import nnx
 from igpt import checkpoint, sharding
 from igpt.data import specs
 from igpt.model import model_config
-from igpt.train import base_config, create_state, make_optimizer, make_schedule, make_step_fns, transfer_init
+from igpt.train import base_config, create_state, make_optimizer, make_schedule, make_step_fns
+from igpt.transfer import init as transfer_init
+from igpt.transfer.arms import SCRATCH
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -50,7 +52,7 @@ def main() -> None:
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         schedule = make_schedule(cfg.optim, 1000)
         _, probe = create_state(cfg, a.vocab, a.seq, mesh)
-        tx = make_optimizer(cfg.optim, schedule, transfer_init.param_labels(probe["params"], "scratch"))
+        tx = make_optimizer(cfg.optim, schedule, transfer_init.param_labels(probe["params"], SCRATCH))
         graphdef, state = create_state(cfg, a.vocab, a.seq, mesh, tx)
         step = jax.jit(make_step_fns(graphdef, tx, a.vocab, cfg.optim, -1).train, donate_argnums=0)
         batch = sharding.put_batch(tokens, mesh, rules)

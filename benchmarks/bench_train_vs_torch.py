@@ -36,11 +36,13 @@ def igpt_tokens_per_s(devices: int, attention: str, block: int, steps: int, warm
     if mlp_autodiff:  # the "before" figure of the MLP's hand-written backward
         from igpt import model
         model.gelu_mlp = lambda x, w_in, w_out: jax.nn.gelu(x @ w_in) @ w_out
-    from igpt import sharding, transfer_init
+    from igpt import sharding
     from igpt.data import specs
     from igpt.model import Transformer, model_config
     from igpt.train import (base_config, create_state, make_optimizer, make_schedule, make_step_fns, optim_config,
                             train_config)
+    from igpt.transfer import init as transfer_init
+    from igpt.transfer.arms import SCRATCH
 
     assert jax.device_count() == devices, (jax.device_count(), devices)
     s = SHAPE
@@ -54,7 +56,7 @@ def igpt_tokens_per_s(devices: int, attention: str, block: int, steps: int, warm
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         shapes = nnx.state(nnx.eval_shape(lambda: Transformer(cfg.model, s["vocab"], s["seq_len"], rngs=nnx.Rngs(0))),
                            nnx.Param)
-        labels = transfer_init.param_labels(shapes, "scratch", ())
+        labels = transfer_init.param_labels(shapes, SCRATCH, ())
         tx = make_optimizer(cfg.optim, make_schedule(cfg.optim, cfg.train.steps), labels)
         graphdef, state = create_state(cfg, s["vocab"], s["seq_len"], mesh, tx)
         fns = make_step_fns(graphdef, tx, bos_id=s["vocab"], optim=cfg.optim, nan_step=-1)

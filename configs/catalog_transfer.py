@@ -12,9 +12,10 @@ arm's speedup at that loss. On a v4-32 slice, launch with scripts/launch_tpu_pod
 import ml_collections
 
 from igpt.data import specs
-from igpt.experiment import experiment_config
 from igpt.model import model_config
 from igpt.train import optim_config, train_config
+from igpt.transfer.arms import SCRATCH
+from igpt.transfer.experiment import experiment_config
 
 
 def get_config():
@@ -35,7 +36,7 @@ def get_config():
     c.target_train.eval_every = 500
     c.target_train.eval_batches = 16
     c.target_train.checkpoint_every = 2000
-    c.arms = ("scratch", "text/full", "audio/full", "text/frozen_body", "audio/frozen_body")
+    c.arms = (SCRATCH, "text/full", "audio/full", "text/frozen_body", "audio/frozen_body")
     c.seeds = (0, 1, 2)
     c.lrs = (1e-4, 3e-4, 1e-3)
     c.mesh.fsdp = 4

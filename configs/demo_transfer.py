@@ -7,9 +7,10 @@ palette) against a from-scratch baseline, 3 seeds each, with the same data order
 budget per seed. Expect about 8 minutes on 2 CPU cores, then runs/demo/report/report.html.
 """
 from igpt.data import specs
-from igpt.experiment import experiment_config
 from igpt.model import model_config
 from igpt.train import optim_config, train_config
+from igpt.transfer.arms import SCRATCH
+from igpt.transfer.experiment import experiment_config
 
 
 def get_config():
@@ -29,7 +30,7 @@ def get_config():
     c.target_train.eval_every = 10
     c.target_train.eval_batches = 2
     c.target_train.checkpoint_every = 50
-    c.arms = ("scratch", "prose/full", "music/full")
+    c.arms = (SCRATCH, "prose/full", "music/full")
     c.seeds = (0, 1, 2)
     c.lrs = (2e-3,)
     return c

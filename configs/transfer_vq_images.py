@@ -13,10 +13,11 @@ tokens against a from-scratch baseline, 3 seeds each. Another tokenizer director
 5 minutes on 2 CPU cores after the tokenizer, then runs/transfer_vq/report/report.html.
 """
 from igpt.data import specs
-from igpt.experiment import experiment_config
 from igpt.model import model_config
 from igpt.tokenizers import vq
 from igpt.train import optim_config, train_config
+from igpt.transfer.arms import SCRATCH
+from igpt.transfer.experiment import experiment_config
 
 RES, DOWNSAMPLE = 32, 4
 VQ_DIR = "runs/vq_images/tokenizer"  # written by the igpt-fit-tokenizer command above
@@ -37,7 +38,7 @@ def get_config():
     c.target_train.eval_every = 20
     c.target_train.eval_batches = 4
     c.target_train.checkpoint_every = 100
-    c.arms = ("scratch", "prose/full")
+    c.arms = (SCRATCH, "prose/full")
     c.seeds = (0, 1, 2)
     c.lrs = (2e-3,)
     return c

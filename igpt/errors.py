@@ -10,7 +10,7 @@ from igpt.distributed import DistributedError
 from igpt.sharding import MeshError
 from igpt.tokenizers.base import TokenizerError
 from igpt.train import NonFiniteLossError
-from igpt.transfer_init import TransferError
+from igpt.transfer.arms import TransferError
 from igpt.workdir import WorkdirError
 
 USER_ERRORS = (CheckpointMismatchError, DataError, DistributedError, MeshError, TokenizerError,

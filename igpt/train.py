@@ -21,11 +21,12 @@ import optax
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from igpt import checkpoint, distributed, sharding, transfer_init
+from igpt import checkpoint, distributed, sharding
 from igpt.data import pipeline
 from igpt.metrics import MetricsWriter, bits
 from igpt.model import Transformer, count_params, flops_per_token, with_bos
 from igpt.progress import Progress
+from igpt.transfer import init as transfer_init
 from igpt.workdir import prepare_workdir, write_run_files
 
 

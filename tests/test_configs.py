@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from igpt.experiment import target_runs
+from igpt.transfer.experiment import target_runs
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
-from igpt.experiment import run_experiment
 from igpt.metrics import read_run_info
-from igpt.report import write_report
+from igpt.transfer.experiment import run_experiment
+from igpt.transfer.report import write_report
 from trainer_fixtures import REPO, cli_env
 from tiny_experiment import get_config
 

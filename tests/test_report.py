@@ -10,7 +10,11 @@ import pytest
 
 from igpt.commands.report import main
 from igpt.metrics import MetricsWriter, write_run_info
-from igpt.report import _headline, _headline_text, write_report
+from igpt.transfer.arms import SCRATCH, parse_arm
+from igpt.transfer.metrics import ArmResult, Interval, StepsToTarget, TargetResult
+from igpt.transfer.report import write_report
+from igpt.transfer.report.analysis import headline_of
+from igpt.transfer.report.render import headline_text
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = np.arange(50, 1001, 50)  # like igpt.train: the first eval is after eval_every steps
@@ -18,7 +22,7 @@ TOKENS_PER_STEP = 4096
 SEED_PACE = {0: 1.0, 1: 1.1, 2: 0.9}
 GOOD, BAD = 1e-3, 3e-4
 # Each arm's speedup over scratch at its best rate (planted), and which rate is best.
-ARMS = {"scratch": (1.0, GOOD), "prose/full": (2.0, BAD), "music/frozen_body": (1.5, GOOD)}
+ARMS = {SCRATCH: (1.0, GOOD), "prose/full": (2.0, BAD), "music/frozen_body": (1.5, GOOD)}
 
 
 def bits_curve(step: np.ndarray, pace: float) -> np.ndarray:
@@ -54,7 +58,7 @@ def make_experiment(root: Path) -> Path:
     for arm, (k, best) in ARMS.items():
         for lr in (GOOD, BAD):
             for seed, pace in SEED_PACE.items():
-                d = exp / "target" / arm.replace("/", "__") / f"lr{lr:g}" / f"seed{seed}"
+                d = exp / "target" / parse_arm(arm, ["prose", "music"], 2).dirname / f"lr{lr:g}" / f"seed{seed}"
                 info = {"name": f"{arm}-{lr:g}-{seed}", "role": "target", "arm": arm, "seed": seed,
                         "lr": lr, "mode": "full", "source": arm.split("/")[0], "finished": True}
                 # The worse rate learns at 60% of the pace: higher final loss.
@@ -96,7 +100,7 @@ def test_planted_speedups_with_intervals(report):
     (exp,) = summary["experiments"]
     assert exp["status"] == "in progress" and exp["target"] == "images16"
     for arm, (k, _) in ARMS.items():
-        if arm == "scratch":
+        if arm == SCRATCH:
             continue
         h = exp["headline"][arm]
         assert h["reached"] and not h["lower_bound"]
@@ -139,14 +143,16 @@ def test_unreached_target_says_so(experiment, tmp_path):
 
 def test_headline_rests_on_the_hardest_target_every_seed_reached():
     def target(bits, mean, n_reached):
-        return {"target": bits, "interval": {"mean": mean, "lo": mean - 0.1, "hi": mean + 0.1},
-                "lower_bound": False, "n_reached": n_reached, "n_seeds": 3}
-    arm = {"targets": [target(4.9, 0.7, 3), target(4.2, 0.8, 3), target(3.9, 1.01, 1)],
-           "transferred": None, "fraction": None, "effective_lower_bound": False}
-    h = _headline(arm)
-    assert (h["target_bits"], h["speedup"], h["n_reached"]) == (4.2, 0.8, 3)
-    assert not h["at_hardest"] and (h["hardest_bits"], h["hardest_n_reached"]) == (3.9, 1)
-    text = _headline_text("prose/full", h, "scratch", given=False)
+        return TargetResult(target=bits, steps=StepsToTarget(bits, {}, n_reached, None), speedups={},
+                            n_seeds=3, n_reached=n_reached,
+                            interval=Interval(mean, mean - 0.1, mean + 0.1, n_reached), lower_bound=False)
+    arm = ArmResult(arm="prose/full", seeds=[0, 1, 2], unpaired_seeds=[],
+                    targets=[target(4.9, 0.7, 3), target(4.2, 0.8, 3), target(3.9, 1.01, 1)],
+                    effective_data={}, transferred=None, fraction=None, effective_lower_bound=False)
+    h = headline_of(arm)
+    assert (h.target_bits, h.speedup, h.n_reached) == (4.2, 0.8, 3)
+    assert not h.at_hardest and (h.hardest_bits, h.hardest_n_reached) == (3.9, 1)
+    text = headline_text("prose/full", h, SCRATCH, given=False)
     assert "0.80× over scratch" in text and "to reach 4.200 bits/token" in text
     assert "Only 1/3 seeds reached scratch's final loss (3.900 bits/token)" in text
 

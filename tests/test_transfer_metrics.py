@@ -6,8 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from igpt.transfer import (Curve, EffectiveData, bootstrap_interval, compare_arms, default_targets,
-                           effective_data_transferred, select_best_lr, speedup, steps_to_loss)
+from igpt.transfer.metrics import (Curve, EffectiveData, bootstrap_interval, compare_arms,
+                                   default_targets, effective_data_transferred, select_best_lr,
+                                   speedup, steps_to_loss)
 
 
 def f(t):

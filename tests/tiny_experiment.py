@@ -10,9 +10,10 @@ noise arm shows real negative transfer (0.4x measured), not a neutral control.
 import ml_collections
 
 from igpt.data import specs
-from igpt.experiment import experiment_config
 from igpt.model import model_config
 from igpt.train import optim_config, train_config
+from igpt.transfer.arms import SCRATCH
+from igpt.transfer.experiment import experiment_config
 
 
 def get_config(data_dir: str = "~/.cache/igpt/tfds"):
@@ -31,7 +32,7 @@ def get_config(data_dir: str = "~/.cache/igpt/tfds"):
     c.target_train.eval_every = 5
     c.target_train.eval_batches = 2
     c.target_train.checkpoint_every = 20
-    c.arms = ("scratch", "digits/full", "noise/full")
+    c.arms = (SCRATCH, "digits/full", "noise/full")
     c.seeds = (0, 1, 2)
     c.lrs = (1e-2,)
     return c

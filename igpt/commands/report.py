@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from igpt.report import headline, write_report
+from igpt.transfer.report import headline, write_report
 
 
 def _targets(text: str) -> list[float]:

@@ -18,8 +18,8 @@ def _run(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.seeds='(0,1)'.")
     from igpt.errors import fail_clearly
-    from igpt.experiment import run_experiment
-    from igpt.report import write_report, headline
+    from igpt.transfer.experiment import run_experiment
+    from igpt.transfer.report import headline, write_report
     with fail_clearly():
         exp_dir = run_experiment(_CONFIG.value, _WORKDIR.value)
         import jax

@@ -11,6 +11,8 @@ from typing import Literal, Mapping, Sequence
 
 import numpy as np
 
+from igpt.transfer.arms import SCRATCH
+
 SpeedupStatus = Literal["exact", "lower_bound", "at_start", "not_reached"]
 
 
@@ -282,7 +284,7 @@ def _steps_to_target(curves: Mapping[int, Curve], target: float, confidence: flo
     return StepsToTarget(target, per_seed, len(reached), _interval(reached, confidence, n_resamples))
 
 
-def compare_arms(curves: Mapping[str, Mapping[int, Curve]], baseline: str = "scratch",
+def compare_arms(curves: Mapping[str, Mapping[int, Curve]], baseline: str = SCRATCH,
                  targets: Sequence[float] | None = None, confidence: float = 0.95,
                  n_resamples: int = 10000) -> Comparison:
     """Speedup of every arm over `baseline` at each target, paired by seed, plus D_T.

@@ -8,7 +8,8 @@ Modes (config `init.mode`):
                and head trained (the Frozen Pretrained Transformer recipe).
   layers       the blocks in `init.layers` trained, the other blocks frozen; embeddings,
                positions, final norm and head trained (partial bridge training).
-Pure functions over nnx.State trees, keyed by parameter paths.
+Pure functions over nnx.State trees, keyed by parameter paths. The mode names, their check
+and TransferError live in igpt.transfer.arms (no jax there, for the report).
 """
 from __future__ import annotations
 
@@ -19,20 +20,16 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from igpt.transfer.arms import SCRATCH, TransferError, check_mode  # noqa: F401 (train checks init.mode here)
 from igpt.treepaths import path_names
 
-MODES = ("scratch", "full", "frozen_body", "layers")
 TRAIN, FREEZE = "train", "freeze"
 
 
-class TransferError(ValueError):
-    """A source checkpoint that cannot initialise this model."""
-
-
-def init_config(mode: str = "scratch", source: str = "", layers: Sequence[int] = (),
+def init_config(mode: str = SCRATCH, source: str = "", layers: Sequence[int] = (),
                 positions: str = "interpolate") -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
-        mode=mode,             # one of MODES
+        mode=mode,             # one of igpt.transfer.arms.MODES
         source=source,         # workdir of the pretrained run ("" for scratch)
         layers=tuple(layers),  # blocks trained in mode "layers"
         positions=positions,   # "interpolate" | "reinit" when sequence lengths differ
@@ -46,15 +43,6 @@ def _block_index(names: tuple[str, ...]) -> int | None:
 def _is_body_weight(names: tuple[str, ...]) -> bool:
     """Attention and MLP weights of a block (not its norms)."""
     return _block_index(names) is not None and names[2] in ("attn", "mlp")
-
-
-def check_mode(mode: str, layers: Sequence[int], num_layers: int) -> None:
-    if mode not in MODES:
-        raise TransferError(f"unknown init.mode {mode!r}; choose one of {MODES}.")
-    bad = [i for i in layers if not 0 <= i < num_layers]
-    if mode == "layers" and (not layers or bad):
-        raise TransferError(f"init.layers={tuple(layers)} must list block indices in [0, {num_layers}) "
-                            "for mode 'layers', e.g. --config.init.layers='(0,1)'.")
 
 
 def param_labels(params: Any, mode: str, layers: Sequence[int] = ()) -> Any:

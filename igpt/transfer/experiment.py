@@ -2,12 +2,12 @@
 and learning rate, then write the report. Resumable as a whole: finished runs are skipped
 and unfinished ones resume from their own checkpoints.
 
-Layout (the report reads it; see igpt/metrics.py for the run files):
+Layout (igpt.transfer.report reads it; see igpt/metrics.py for the run files):
   EXP/experiment.json                 what was asked, and whether it is complete
   EXP/sources/<source>/               pretraining runs
   EXP/target_tokenizer/               fitted once on the target's train split, shared by all arms
   EXP/target/<arm>/lr<lr>/seed<k>/    target runs; arm "scratch" is the baseline, others are
-                                      "<source>/<mode>" (a "/" becomes "__" in the directory)
+                                      "<source>/<mode>", in directory Arm.dirname ("prose__full")
   EXP/report/                         report.html, report.md, figures, summary.json
 Fairness: within a seed every arm sees the same target data order, token budget and schedule;
 with several learning rates each arm is reported at its own best rate on the eval split.
@@ -22,12 +22,13 @@ from typing import Any
 import jax
 import ml_collections
 
-from igpt import distributed, sharding, transfer_init
+from igpt import distributed, sharding
 from igpt.data import pipeline
 from igpt.metrics import read_run_info, write_run_info
 from igpt.train import base_config, optim_config, train
+from igpt.transfer import init as transfer_init
+from igpt.transfer.arms import SCRATCH, parse_arm
 
-SCRATCH = "scratch"
 TARGET_TOKENIZER = "target_tokenizer"
 
 
@@ -53,22 +54,6 @@ def experiment_config() -> ml_collections.ConfigDict:
     ))
 
 
-def parse_arm(arm: str, sources: list[str], num_layers: int) -> tuple[str, str, tuple[int, ...]]:
-    """'prose/layers=0,1' -> ('prose', 'layers', (0, 1)); 'scratch' -> ('', 'scratch', ())."""
-    if arm == SCRATCH:
-        return "", SCRATCH, ()
-    source, _, mode = arm.partition("/")
-    layers: tuple[int, ...] = ()
-    if mode.startswith("layers="):
-        mode, layers = "layers", tuple(int(i) for i in mode[len("layers="):].split(",") if i)
-    if source not in sources or mode not in transfer_init.MODES or mode == SCRATCH:
-        raise transfer_init.TransferError(
-            f"arm {arm!r}: write 'scratch' or '<source>/<mode>' with a source in {sources} and a mode in "
-            "full, frozen_body, layers=i,j.")
-    transfer_init.check_mode(mode, layers, num_layers)
-    return source, mode, layers
-
-
 def _run_config(c, data, optim, train_cfg, seed: int) -> ml_collections.ConfigDict:
     cfg = base_config(model=c.model, data=data, optim=optim, train=train_cfg, seed=seed)
     cfg.mesh, cfg.axis_rules, cfg.distributed = c.mesh, c.axis_rules, c.distributed
@@ -83,8 +68,8 @@ def source_runs(c) -> dict[str, ml_collections.ConfigDict]:
 def target_runs(c, exp_dir: Path) -> dict[str, tuple[ml_collections.ConfigDict, dict[str, Any]]]:
     """Relative run dir -> (config, run.json info) for every arm x lr x seed."""
     runs = {}
-    for arm in c.arms:
-        source, mode, layers = parse_arm(arm, list(c.sources), c.model.num_layers)
+    for text in c.arms:
+        arm = parse_arm(text, list(c.sources), c.model.num_layers)
         for lr in c.lrs:
             for seed in c.seeds:
                 data = ml_collections.ConfigDict(c.target.to_dict())
@@ -94,10 +79,11 @@ def target_runs(c, exp_dir: Path) -> dict[str, tuple[ml_collections.ConfigDict, 
                 optim.lr = lr
                 cfg = _run_config(c, data, optim, c.target_train, seed=seed)
                 cfg.init = transfer_init.init_config(
-                    mode, str(exp_dir / "sources" / source) if source else "", layers, c.positions)
-                rel = f"target/{arm.replace('/', '__')}/lr{lr:g}/seed{seed}"
-                runs[rel] = (cfg, {"role": "target", "arm": arm, "seed": seed, "lr": lr, "mode": mode,
-                                   "source": source or None})
+                    arm.mode, str(exp_dir / "sources" / arm.source) if arm.source else "", arm.layers,
+                    c.positions)
+                rel = f"target/{arm.dirname}/lr{lr:g}/seed{seed}"
+                runs[rel] = (cfg, {"role": "target", "arm": arm.name, "seed": seed, "lr": lr,
+                                   "mode": arm.mode, "source": arm.source})
     return runs
 
 

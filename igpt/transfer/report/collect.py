@@ -1,0 +1,186 @@
+"""Find run and experiment directories and read them into typed runs (metrics files only).
+
+A run directory holds metrics.jsonl and/or run.json (igpt/metrics.py); an experiment
+directory holds experiment.json and, somewhere below it, its runs (igpt.transfer.experiment).
+Curves are read in bits per token.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from igpt.metrics import METRICS_FILE, RUN_INFO_FILE, bits, read_metrics, read_run_info
+from igpt.transfer.metrics import Curve
+
+EXPERIMENT_FILE = "experiment.json"
+
+
+@dataclass
+class Run:
+    """One run directory: who it is (run.json), its curves in bits/token, and its state."""
+    path: Path
+    label: str
+    info: dict[str, Any]
+    eval: Curve | None
+    train: Curve | None
+
+    @property
+    def status(self) -> str:
+        if self.eval is None and self.train is None:
+            return "no metrics"
+        if not self.info:
+            return "unknown (no run.json)"
+        return "finished" if self.info.get("finished") else "in progress"
+
+    @property
+    def last_step(self) -> int | None:
+        ends = [c.steps[-1] for c in (self.eval, self.train) if c is not None]
+        return int(max(ends)) if ends else None
+
+    @property
+    def final_eval_bits(self) -> float | None:
+        """The last eval loss, None when there is none or it is not finite."""
+        last = self.eval.losses[-1] if self.eval else None
+        return float(last) if last is not None and math.isfinite(last) else None
+
+    def describe(self) -> str:
+        who = [f"{k}={self.info[k]}" for k in ("arm", "lr", "seed") if self.info.get(k) is not None]
+        return f"{self.label} ({', '.join(who)})" if who else self.label
+
+
+def _curve_of(records: list[dict[str, Any]], split: str, path: Path) -> Curve | None:
+    rows = [r for r in records if r["split"] == split]
+    if not rows:
+        return None
+    try:
+        losses = [r["bits_per_token"] if "bits_per_token" in r else bits(r["loss"]) for r in rows]
+        return Curve([r["step"] for r in rows], [r["tokens_seen"] for r in rows], losses)
+    except (KeyError, ValueError) as e:
+        raise ValueError(f"{path / METRICS_FILE}: malformed {split} records ({e}); each needs "
+                         "step, tokens_seen and loss or bits_per_token (see igpt/metrics.py)") from e
+
+
+def read_run(path: Path, label: str) -> Run:
+    records = read_metrics(path)
+    return Run(path, label, read_run_info(path), _curve_of(records, "eval", path),
+               _curve_of(records, "train", path))
+
+
+def _walk(root: Path, name: str) -> list[Path]:
+    """Directories under root (root included) holding `name`, skipping hidden folders."""
+    return [p.parent for p in root.rglob(name)
+            if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]
+
+
+def discover(inputs: Sequence[Path]) -> tuple[dict[Path, list[Path]], list[Path]]:
+    """Experiment dirs with their run dirs, and run dirs that belong to no experiment."""
+    for p in inputs:
+        if not p.is_dir():
+            raise FileNotFoundError(
+                f"input {p} is not a directory; pass run directories (holding {METRICS_FILE} or "
+                f"{RUN_INFO_FILE}) or experiment directories (holding {EXPERIMENT_FILE})")
+    experiments = sorted({d.resolve() for p in inputs for d in _walk(p, EXPERIMENT_FILE)})
+    runs = sorted({d.resolve() for p in inputs for name in (METRICS_FILE, RUN_INFO_FILE)
+                   for d in _walk(p, name)})
+    if not experiments and not runs:
+        raise ValueError(f"no runs found under {', '.join(map(str, inputs))}: expected run "
+                         f"directories holding {METRICS_FILE} or {RUN_INFO_FILE}, or experiment "
+                         f"directories holding {EXPERIMENT_FILE}")
+    owned: dict[Path, list[Path]] = {e: [] for e in experiments}
+    singles = []
+    for r in runs:
+        parents = [e for e in experiments if r == e or e in r.parents]
+        if parents:
+            owned[max(parents, key=lambda e: len(e.parts))].append(r)
+        else:
+            singles.append(r)
+    return owned, singles
+
+
+# arm -> learning rate -> seed -> run
+Grid = dict[str, dict[float, dict[int, Run]]]
+
+
+@dataclass
+class Experiment:
+    """One experiment directory as read: what was asked (experiment.json) and its runs.
+
+    `grid` holds the target runs by arm, learning rate and seed; `skipped` names the runs
+    left out of it and why."""
+    dir: Path
+    meta: dict[str, Any]
+    runs: list[Run]
+    sources: list[Run]
+    grid: Grid
+    skipped: list[str]
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.dir.name))
+
+    @property
+    def target(self) -> Any:
+        return self.meta.get("target", "the target data")
+
+    @property
+    def source_names(self) -> list[Any]:
+        return (self.meta.get("sources")
+                or sorted({str(r.info.get("name", r.label)) for r in self.sources}))
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.meta.get("complete", False))
+
+    @property
+    def status(self) -> str:
+        return "complete" if self.complete else "in progress"
+
+    def runs_with(self, status: str) -> list[Run]:
+        return [r for r in self.runs if r.status == status]
+
+    @property
+    def not_started(self) -> list[str]:
+        """Arm x lr x seed cells that experiment.json asks for and no run claims."""
+        return [f"arm={a}, lr={lr}, seed={s}" for a in self.meta.get("arms", [])
+                for lr in self.meta.get("lrs", []) for s in self.meta.get("seeds", [])
+                if not any(math.isclose(float(lr), got) and int(s) in seeds
+                           for got, seeds in self.grid.get(a, {}).items())]
+
+
+def _read_meta(exp_dir: Path) -> dict[str, Any]:
+    path = exp_dir / EXPERIMENT_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); the runner writes it, restore it") from e
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: expected a JSON object with name, target, sources, arms, "
+                         "seeds, lrs, complete")
+    return meta
+
+
+def read_experiment(exp_dir: Path, run_dirs: list[Path]) -> Experiment:
+    """The experiment and its runs, target runs placed by their run.json arm, lr and seed."""
+    meta = _read_meta(exp_dir)
+    runs = [read_run(d, os.path.relpath(d, exp_dir)) for d in run_dirs]
+    targets = [r for r in runs if r.info.get("role") == "target"]
+    sources = [r for r in runs if r.info.get("role") == "source"]
+    skipped = [f"{r.label}: run.json role {r.info.get('role')!r}, not source or target"
+               for r in runs if r not in targets and r not in sources]
+    grid: Grid = {}
+    for r in targets:
+        missing = [k for k in ("arm", "lr", "seed") if k not in r.info]
+        if missing:
+            skipped.append(f"{r.label}: run.json lacks {', '.join(missing)}")
+            continue
+        cell = grid.setdefault(str(r.info["arm"]), {}).setdefault(float(r.info["lr"]), {})
+        seed = int(r.info["seed"])
+        if seed in cell:
+            raise ValueError(f"{exp_dir}: two runs claim arm {r.info['arm']!r} lr {r.info['lr']} "
+                             f"seed {seed}: {cell[seed].label} and {r.label}; remove the copy")
+        cell[seed] = r
+    return Experiment(exp_dir, meta, runs, sources, grid, skipped)

@@ -1,0 +1,116 @@
+"""Loss curves as PNG bytes: per group, the mean over seeds with a min-max band."""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from igpt.transfer.arms import SCRATCH
+from igpt.transfer.metrics import Curve
+from igpt.transfer.report.analysis import Analysis
+from igpt.transfer.report.collect import Run
+
+# (x attribute of Curve: "steps" or "tokens", y-axis label, {legend label: curves})
+Panel = tuple[str, str, dict[str, list[Curve]]]
+
+
+@dataclass(frozen=True)
+class Chart:
+    """One figure of the report: its file name, its caption and the PNG itself."""
+    name: str
+    caption: str
+    png: bytes
+
+
+def _mean_band(curves: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Mean and min-max over seeds on the union of x; a seed counts only within its range
+    (runs in progress are shorter), so the mean is over the seeds that got that far."""
+    curves = [(x[np.isfinite(y)], y[np.isfinite(y)]) for x, y in curves]
+    curves = [(x, y) for x, y in curves if x.size]
+    grid = np.unique(np.concatenate([x for x, _ in curves]))
+    ys = np.full((len(curves), grid.size), np.nan)
+    for i, (x, y) in enumerate(curves):
+        inside = (grid >= x[0]) & (grid <= x[-1])
+        ys[i, inside] = np.interp(grid[inside], x, y)
+    return grid, np.nanmean(ys, axis=0), np.nanmin(ys, axis=0), np.nanmax(ys, axis=0)
+
+
+def _plot(title: str, panels: list[Panel], log_x: bool, hlines: Sequence[float] = (),
+          baseline: str | None = None) -> bytes:
+    """One PNG: per panel, each group's mean over seeds with a min-max band; the group
+    labelled `baseline` in black."""
+    fig = Figure(figsize=(5.5 * len(panels), 4.2), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (xkey, ylabel, groups) in zip(axes, panels):
+        for i, (label, curves) in enumerate(groups.items()):
+            pairs = [(np.asarray(getattr(c, xkey), float), np.asarray(c.losses, float))
+                     for c in curves]
+            if log_x:
+                pairs = [(x[x > 0], y[x > 0]) for x, y in pairs]
+            if not any(np.isfinite(y).any() for _, y in pairs):
+                continue
+            x, mean, lo, hi = _mean_band(pairs)
+            color = "black" if label == baseline else f"C{i % 10}"
+            ax.plot(x, mean, color=color, lw=1.6, label=label)
+            if len(pairs) > 1:
+                ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+        for t in hlines:
+            ax.axhline(t, color="grey", ls=":", lw=0.8)
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xlabel("tokens seen" if xkey == "tokens" else "optimizer step")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=11)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
+def _steps_and_tokens(split: str, groups: dict[str, list[Curve]]) -> list[Panel]:
+    ylabel = f"{split} bits/token"
+    return [("steps", ylabel, groups), ("tokens", ylabel, groups)]
+
+
+def experiment_charts(a: Analysis, slug: str, log_x: bool) -> list[Chart]:
+    """Eval and train curves per arm at its chosen rate, then the sources' pretraining."""
+    charts = []
+    order = sorted(a.chosen, key=lambda arm: (arm != SCRATCH, arm))
+    for split in ("eval", "train"):
+        labels = {arm: f"{arm} (lr {a.choice[arm].lr:g}, {len(a.chosen[arm])} seeds)" for arm in order}
+        groups = {labels[arm]: [getattr(r, split) for r in a.chosen[arm].values()
+                                if getattr(r, split) is not None] for arm in order}
+        groups = {k: v for k, v in groups.items() if v}
+        if groups:
+            hlines = a.levels if split == "eval" else []
+            title = (f"{a.experiment.target}: {split} loss per arm (mean, band = min–max over "
+                     "seeds)" + ("; dotted = targets" if hlines else ""))
+            charts.append(Chart(f"{slug}_{split}.png", title,
+                                _plot(title, _steps_and_tokens(split, groups), log_x, hlines,
+                                      baseline=labels.get(SCRATCH))))
+    groups = {str(r.info.get("name", r.label)): [r.eval] for r in a.experiment.sources
+              if r.eval is not None}
+    if groups:
+        title = "Pretraining (sources): eval loss on each source's own data"
+        charts.append(Chart(f"{slug}_sources.png", title,
+                            _plot(title, [("steps", "eval bits/token", groups)], log_x)))
+    return charts
+
+
+def run_charts(runs: list[Run], slug: str, log_x: bool) -> list[Chart]:
+    """Eval and train curves of loose runs, one line each."""
+    charts = []
+    for split in ("eval", "train"):
+        groups = {r.describe(): [getattr(r, split)] for r in runs if getattr(r, split) is not None}
+        if groups:
+            title = f"{split} loss per run"
+            charts.append(Chart(f"{slug}_{split}.png", title,
+                                _plot(title, _steps_and_tokens(split, groups), log_x)))
+    return charts

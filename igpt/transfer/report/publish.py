@@ -1,0 +1,157 @@
+"""Write the report: read, analyse, draw, render, then swap the out dir into place whole.
+
+Everything is written into a temporary sibling of `out_dir` and renamed into place, so a
+crash never leaves a half report that looks whole. summary.json is where the typed results
+become plain JSON.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from igpt.transfer.arms import SCRATCH
+from igpt.transfer.report.analysis import Analysis, analyse
+from igpt.transfer.report.collect import Run, discover, read_experiment, read_run
+from igpt.transfer.report.figures import experiment_charts, run_charts
+from igpt.transfer.report.render import Section, experiment_section, render_html, render_md, runs_section
+
+SUMMARY_FILE = "summary.json"
+UNITS = "bits/token"
+
+
+def _slug(name: str, taken: set[str]) -> str:
+    base = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "runs"
+    slug, i = base, 2
+    while slug in taken:
+        slug, i = f"{base}_{i}", i + 1
+    taken.add(slug)
+    return slug
+
+
+def _run_row(run: Run) -> dict[str, Any]:
+    return {"path": str(run.path), "label": run.label, "name": run.info.get("name"),
+            "status": run.status, "last_step": run.last_step, "final_eval_bits": run.final_eval_bits}
+
+
+def _experiment_summary(a: Analysis) -> dict[str, Any]:
+    exp = a.experiment
+    return {
+        "name": exp.name, "dir": str(exp.dir), "target": exp.target, "sources": exp.source_names,
+        "status": exp.status, "complete": exp.complete, "baseline": SCRATCH, "units": UNITS,
+        "targets": a.levels, "targets_given": a.targets_given, "several_lrs": a.several_lrs,
+        "lr_selection": {arm: dataclasses.asdict(c) for arm, c in sorted(a.choice.items())},
+        "headline": {arm: dataclasses.asdict(h) for arm, h in a.headlines.items()},
+        "comparison": dataclasses.asdict(a.comparison) if a.comparison else None,
+        "sources_runs": [_run_row(r) for r in exp.sources],
+        "runs_in_progress": [r.describe() for r in exp.runs_with("in progress")],
+        "runs_not_started": exp.not_started,
+        "runs_without_metrics": [r.describe() for r in exp.runs_with("no metrics")],
+        "skipped": exp.skipped, "notes": a.notes,
+    }
+
+
+def _summary(inputs: list[Path], analyses: list[Analysis], singles: list[Run],
+             sections: list[Section]) -> dict[str, Any]:
+    def flagged(status: str) -> list[str]:
+        return ([f"{a.experiment.name}: {r.describe()}" for a in analyses
+                 for r in a.experiment.runs_with(status)]
+                + [str(r.path) for r in singles if r.status == status])
+    return {
+        "inputs": [str(p) for p in inputs], "units": UNITS,
+        "experiments": [_experiment_summary(a) for a in analyses],
+        "single_runs": [_run_row(r) for r in singles],
+        "runs_in_progress": flagged("in progress"), "runs_without_metrics": flagged("no metrics"),
+        "figures": [c.name for s in sections for c in s.charts],
+    }
+
+
+def _check_out_dir(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or (any(out.iterdir())
+                                              and not (out / SUMMARY_FILE).is_file())):
+        raise ValueError(f"out_dir {out} exists and is not an igpt report (no {SUMMARY_FILE}); "
+                         "choose a new or empty directory, it is replaced whole")
+
+
+def _swap_in(tmp: Path, out: Path) -> None:
+    """Swap the finished report into place; the old one is moved aside, then removed."""
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _write(out: Path, title: str, sections: list[Section], summary_text: str) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private; the published report is an ordinary dir
+        for sec in sections:
+            for c in sec.charts:
+                (tmp / c.name).write_bytes(c.png)
+        (tmp / "report.html").write_text(render_html(title, sections), encoding="utf-8")
+        (tmp / "report.md").write_text(render_md(title, sections), encoding="utf-8")
+        (tmp / SUMMARY_FILE).write_text(summary_text + "\n", encoding="utf-8")
+        _swap_in(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool = False,
+                 targets: list[float] | None = None) -> dict[str, Any]:
+    """Write the report for experiment and/or run directories; return summary.json's content.
+
+    `targets` are eval losses in bits/token (default: per experiment, from its scratch arm,
+    see igpt.transfer.metrics.default_targets). `out_dir` is replaced whole, atomically."""
+    if not inputs:
+        raise ValueError("write_report: no inputs; pass run or experiment directories")
+    if targets is not None and (not targets or not all(math.isfinite(t) for t in targets)):
+        raise ValueError(f"write_report: targets must be finite losses in bits/token, got {targets}")
+    paths = [Path(p) for p in inputs]
+    out = Path(out_dir).resolve()
+    _check_out_dir(out)
+    owned, single_dirs = discover(paths)
+
+    taken: set[str] = set()
+    analyses, sections = [], []
+    for exp_dir, run_dirs in owned.items():
+        a = analyse(read_experiment(exp_dir, run_dirs), targets)
+        analyses.append(a)
+        sections.append(experiment_section(a, experiment_charts(a, _slug(a.experiment.name, taken), log_x)))
+    singles = [read_run(d, str(d)) for d in single_dirs]
+    if singles:
+        sections.append(runs_section(singles, run_charts(singles, _slug("runs", taken), log_x)))
+    text = json.dumps(_summary(paths, analyses, singles, sections), indent=2, sort_keys=True,
+                      allow_nan=False)
+    title = ("Transfer report: " + "; ".join(f"{a.experiment.target} ({a.experiment.status})"
+                                             for a in analyses) if analyses else "Run report")
+    _write(out, title, sections, text)
+    return json.loads(text)
+
+
+def headline(summary: dict[str, Any], out_dir: Path) -> str:
+    """The lines a person reads in the terminal: each arm's speedup with its interval."""
+    lines = []
+    for exp in summary["experiments"]:
+        lines.append(f"{exp['name']} ({exp['status']}), target {exp['target']}:")
+        for arm, h in exp["headline"].items():
+            speed = (f"{'>=' if h['lower_bound'] else ''}{h['speedup']:.2f}x "
+                     f"[{h['lo']:.2f}, {h['hi']:.2f}]" if h["reached"] else "not reached")
+            line = f"  {arm}: {speed} ({h['n_reached']}/{h['n_seeds']} seeds)"
+            if h["reached"]:
+                line += f" to {h['target_bits']:.3f} bits/token"
+                if not h["at_hardest"]:
+                    line += f"; {h['hardest_n_reached']}/{h['n_seeds']} seeds reached {h['hardest_bits']:.3f}"
+            lines.append(line)
+    if summary["runs_without_metrics"]:
+        lines.append(f"runs with no metrics: {', '.join(summary['runs_without_metrics'])}")
+    lines.append(f"report: {Path(out_dir) / 'report.html'}")
+    return "\n".join(lines)
