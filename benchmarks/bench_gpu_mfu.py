@@ -33,11 +33,9 @@ def measure(a: argparse.Namespace, batch: int) -> dict:
     from igpt import sharding
     from igpt.data import specs
     from igpt.hardware import peak_flops_per_device
-    from igpt.model import Transformer, count_params, flops_per_token, model_config
-    from igpt.train import (base_config, create_state, make_optimizer, make_schedule, make_step_fns, optim_config,
-                            train_config)
-    from igpt.transfer import init as transfer_init
-    from igpt.transfer.arms import SCRATCH
+    from igpt.gpt import GPTTask, base_config, optim_config, train_config
+    from igpt.model import count_params, flops_per_token, model_config
+    from igpt.training import loop
 
     model = model_config("igpt-m", num_layers=a.layers, width=a.width, num_heads=a.heads, dtype=a.dtype,
                          attention=a.attention, remat=a.remat, scan_layers=a.scan_layers)
@@ -45,16 +43,14 @@ def measure(a: argparse.Namespace, batch: int) -> dict:
                       train=train_config(steps=a.warmup + a.steps, global_batch=batch))
     mesh = sharding.make_mesh(cfg.mesh)
     rules = tuple(cfg.axis_rules)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        shapes = nnx.state(nnx.eval_shape(lambda: Transformer(cfg.model, a.vocab, a.seq, rngs=nnx.Rngs(0))), nnx.Param)
-        tx = make_optimizer(cfg.optim, make_schedule(cfg.optim, cfg.train.steps),
-                            transfer_init.param_labels(shapes, SCRATCH, ()))
-        graphdef, state = create_state(cfg, a.vocab, a.seq, mesh, tx)
-        n_params = count_params(nnx.merge(graphdef, state["params"]))
-        step = jax.jit(make_step_fns(graphdef, tx, bos_id=a.vocab, optim=cfg.optim, nan_step=-1).train,
-                       donate_argnums=0)
+    with loop.on_mesh(mesh, rules):
+        task = GPTTask(cfg)
+        task.use_vocab(a.vocab, mesh)
+        built = loop.build(task, mesh)
+        state, step = built.state, built.train_step
+        n_params = count_params(nnx.merge(task.graphdef, state["params"]))
         rows = np.random.default_rng(0).integers(0, a.vocab, (batch, a.seq), dtype=np.int32)
-        tokens = sharding.put_batch(rows, mesh, rules)
+        tokens = built.put(rows)
         start = time.perf_counter()
         state, metrics = step(state, tokens)
         jax.block_until_ready(metrics)

@@ -1,4 +1,4 @@
-"""Muon's cost in a VQ-VAE training step: the optimiser update of igpt.muon (Newton-Schulz on the
+"""Muon's cost in a VQ-VAE training step: the optimiser update of igpt.training.muon (Newton-Schulz on the
 Gram matrix) against optax.contrib.muon's (on the matrix), and whole train steps with Adam and
 with either Muon, on this machine's CPU.
 
@@ -35,8 +35,10 @@ def main() -> None:
     import optax
     from jax.sharding import NamedSharding
 
-    from igpt import muon, sharding, vq_train
+    from igpt import sharding
     from igpt.tokenizers import vq
+    from igpt.tokenizers.vq import task as vqtask
+    from igpt.training import muon, optim
 
     cfg = runpy.run_path(str(REPO / "configs" / "vq_images.py"))["get_config"](args.kind)
     if args.res_blocks is not None:
@@ -46,10 +48,10 @@ def main() -> None:
     replicate = lambda tree: jax.device_put(tree, sharding.replicated(mesh))
     graphdef, params = vq.init_params(cfg.model, cfg.quantizer, 0)
     params = replicate(params)
-    kernels = functools.partial(vq_train.muon_kernels, adam_modules=tuple(cfg.optim.adam_modules))
-    schedule = vq_train.make_schedule(cfg.optim, cfg.train.steps)
+    kernels = functools.partial(vqtask.muon_kernels, adam_modules=tuple(cfg.optim.adam_modules))
+    schedule = optim.make_schedule(cfg.optim, cfg.train.steps)
     b1, b2 = cfg.optim.b1, cfg.optim.b2
-    optimisers = {"igpt.muon (Gram)": muon.muon(schedule, kernels, adam_b1=b1, adam_b2=b2),
+    optimisers = {"igpt.training.muon (Gram)": muon.muon(schedule, kernels, adam_b1=b1, adam_b2=b2),
                   "optax.contrib.muon": muon.optax_reference(schedule, kernels, adam_b1=b1, adam_b2=b2)}
     grads = jax.tree.map(lambda p: p * 0.01, params)
     calls = {}
@@ -63,12 +65,12 @@ def main() -> None:
                        .astype(np.float32), batch)
     clip = optax.clip_by_global_norm(cfg.optim.clip_norm)
     cfg.optim.name = "adam"
-    steps = {"adam": vq_train.make_optimizer(cfg.optim, schedule),
+    steps = {"adam": optim.build(cfg.optim, schedule),
              **{f"muon ({name})": optax.chain(clip, tx) for name, tx in optimisers.items()}}
     for name, tx in steps.items():
         state = {"params": params, "opt_state": jax.jit(tx.init)(params), "step": replicate(jnp.zeros((), jnp.int32)),
                  "rng": replicate(jax.random.key_data(jax.random.key(1))), "ema_params": jax.tree.map(jnp.copy, params)}
-        step = jax.jit(vq_train.make_train_step(graphdef, cfg, tx))
+        step = jax.jit(vqtask.make_train_step(graphdef, cfg, tx))
         calls[f"train step ({cfg.train.global_batch} crops): {name}"] = lambda step=step, state=state: step(state, x)
 
     times = {name: [] for name in calls}

@@ -14,14 +14,13 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
-from igpt import checkpoint, sharding
+from igpt import sharding
 from igpt.data import specs
+from igpt.gpt import GPTTask, base_config
 from igpt.model import model_config
-from igpt.train import base_config, create_state, make_optimizer, make_schedule, make_step_fns
-from igpt.transfer import init as transfer_init
-from igpt.transfer.arms import SCRATCH
+from igpt.training import loop
+from igpt.training.checkpoint import Checkpointer
 
 
 def _timed(fn, repeats: int) -> list[float]:
@@ -49,14 +48,12 @@ def main() -> None:
     mesh = sharding.make_mesh(cfg.mesh)
     rules = tuple(cfg.axis_rules)
     tokens = np.random.default_rng(0).integers(0, a.vocab, (a.batch, a.seq), dtype=np.int32)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        schedule = make_schedule(cfg.optim, 1000)
-        _, probe = create_state(cfg, a.vocab, a.seq, mesh)
-        tx = make_optimizer(cfg.optim, schedule, transfer_init.param_labels(probe["params"], SCRATCH))
-        graphdef, state = create_state(cfg, a.vocab, a.seq, mesh, tx)
-        step = jax.jit(make_step_fns(graphdef, tx, a.vocab, cfg.optim, -1).train, donate_argnums=0)
-        batch = sharding.put_batch(tokens, mesh, rules)
-        holder = {"state": state}
+    with loop.on_mesh(mesh, rules):
+        task = GPTTask(cfg)
+        task.use_vocab(a.vocab, mesh)
+        built = loop.build(task, mesh)  # the trainer's own state and jitted step
+        step, batch = built.train_step, built.put(tokens)
+        holder = {"state": built.state}
 
         def one_step():
             holder["state"], m = step(holder["state"], batch)
@@ -70,7 +67,7 @@ def main() -> None:
         print(f"step time median {step_s * 1e3:.1f} ms; train tokens/s {a.batch * a.seq / step_s:,.0f}")
         for async_save in (True, False):
             with tempfile.TemporaryDirectory() as d:
-                ckpt = checkpoint.Checkpointer(d, keep=2, async_save=async_save)
+                ckpt = Checkpointer(d, keep=2, async_save=async_save)
                 stalls = []
                 for i in range(3):
                     one_step()

@@ -28,21 +28,18 @@ MALLOC_ENV = {"MALLOC_ARENA_MAX": "1", "MALLOC_MMAP_MAX_": "0",
 
 
 def igpt_tokens_per_s(devices: int, attention: str, block: int, steps: int, warmup: int, mlp_autodiff: bool) -> float:
-    """Times igpt.train's step function exactly as the trainer builds and jits it."""
+    """Times the GPT task's step exactly as the training loop builds and jits it."""
     import jax
     import numpy as np
-    from flax import nnx
 
     if mlp_autodiff:  # the "before" figure of the MLP's hand-written backward
         from igpt import model
         model.gelu_mlp = lambda x, w_in, w_out: jax.nn.gelu(x @ w_in) @ w_out
     from igpt import sharding
     from igpt.data import specs
-    from igpt.model import Transformer, model_config
-    from igpt.train import (base_config, create_state, make_optimizer, make_schedule, make_step_fns, optim_config,
-                            train_config)
-    from igpt.transfer import init as transfer_init
-    from igpt.transfer.arms import SCRATCH
+    from igpt.gpt import GPTTask, base_config, optim_config, train_config
+    from igpt.model import model_config
+    from igpt.training import loop
 
     assert jax.device_count() == devices, (jax.device_count(), devices)
     s = SHAPE
@@ -53,16 +50,13 @@ def igpt_tokens_per_s(devices: int, attention: str, block: int, steps: int, warm
         optim=optim_config(), train=train_config(steps=warmup + steps, global_batch=s["batch"]))
     mesh = sharding.make_mesh(cfg.mesh)
     rules = tuple(cfg.axis_rules)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        shapes = nnx.state(nnx.eval_shape(lambda: Transformer(cfg.model, s["vocab"], s["seq_len"], rngs=nnx.Rngs(0))),
-                           nnx.Param)
-        labels = transfer_init.param_labels(shapes, SCRATCH, ())
-        tx = make_optimizer(cfg.optim, make_schedule(cfg.optim, cfg.train.steps), labels)
-        graphdef, state = create_state(cfg, s["vocab"], s["seq_len"], mesh, tx)
-        fns = make_step_fns(graphdef, tx, bos_id=s["vocab"], optim=cfg.optim, nan_step=-1)
-        step = jax.jit(fns.train, donate_argnums=0)
+    with loop.on_mesh(mesh, rules):
+        task = GPTTask(cfg)
+        task.use_vocab(s["vocab"], mesh)
+        built = loop.build(task, mesh)
+        state, step = built.state, built.train_step
         rows = np.random.default_rng(0).integers(0, s["vocab"], (s["batch"], s["seq_len"]), dtype=np.int32)
-        batch = sharding.put_batch(rows, mesh, rules)
+        batch = built.put(rows)
         for _ in range(warmup):
             state, metrics = step(state, batch)
         jax.block_until_ready(state)

@@ -62,8 +62,8 @@ def main() -> None:
     import runpy
     import shutil
 
-    from igpt import vq_train
     from igpt.data import pipeline
+    from igpt.tokenizers.vq.task import fit
 
     print(f"machine: {machine()}", flush=True)
     print("| target | steps | wall min | CPU min | held-out fidelity | usage | perplexity |", flush=True)
@@ -80,7 +80,7 @@ def main() -> None:
         shutil.rmtree(workdir, ignore_errors=True)
         pipeline.load_examples(cfg.data, cfg.data.eval_split)  # prepares the data once, outside the timing
         start, cpu = time.perf_counter(), cpu_seconds()
-        tok = vq_train.fit(cfg, workdir)
+        tok = fit(cfg, workdir)
         minutes, cpu_minutes = (time.perf_counter() - start) / 60, (cpu_seconds() - cpu) / 60
         m = tok.metrics
         fidelity = (f"PSNR {m['psnr']:.2f} dB (per-image mean {m['psnr_image_mean']:.2f})" if "psnr" in m

@@ -8,7 +8,7 @@ budget per seed. Expect about 8 minutes on 2 CPU cores, then runs/demo/report/re
 """
 from igpt.data import specs
 from igpt.model import model_config
-from igpt.train import optim_config, train_config
+from igpt.gpt import optim_config, train_config
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.experiment import experiment_config
 

@@ -6,7 +6,7 @@ cores (about 2 minutes).
 """
 from igpt.data import specs
 from igpt.model import model_config
-from igpt.train import base_config, optim_config, train_config
+from igpt.gpt import base_config, optim_config, train_config
 
 
 def get_config():

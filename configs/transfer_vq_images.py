@@ -15,7 +15,7 @@ tokens against a from-scratch baseline, 3 seeds each. Another tokenizer director
 from igpt.data import specs
 from igpt.model import model_config
 from igpt.tokenizers import vq
-from igpt.train import optim_config, train_config
+from igpt.gpt import optim_config, train_config
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.experiment import experiment_config
 

@@ -7,17 +7,17 @@ frames; saves runs/vq_audio/tokenizer with its held-out SNR, multi-resolution ST
 codebook usage and perplexity. Measured on 2 shared CPU cores in 5 minutes: SNR 11.4 dB,
 usage 99.8%, STFT distance 3.75 (benchmarks/RESULTS.md, "VQ tokenizers (issue 5)").
 """
-from igpt import vq_train
 from igpt.data import specs
 from igpt.tokenizers import vq
+from igpt.tokenizers.vq import task
 
 
 def get_config():
-    return vq_train.base_config(
+    return task.base_config(
         model=vq.model_config("audio", strides=(4, 4), channels=(64, 128), res_blocks=2, res_channels=64,
                               in_channels=1),
         quantizer=vq.quantizer_config("vq", num_codes=512, code_dim=64),
         data=specs.audio("shipped:music", seq_len=2048, tokenizer="vq", sample_rate=8000),
-        optim=vq_train.optim_config(lr=2e-3, warmup_steps=100),
-        train=vq_train.train_config(steps=1500, global_batch=32),
+        optim=task.optim_config(lr=2e-3, warmup_steps=100),
+        train=task.train_config(steps=1500, global_batch=32),
     )

@@ -4,19 +4,14 @@ tokens per image, and 512 codes from EMA vector quantization, or from FSQ with `
   igpt-fit-tokenizer --config configs/vq_images.py --workdir runs/vq_images
   igpt-fit-tokenizer --config configs/vq_images.py:fsq --workdir runs/vq_images_fsq   # levels (8, 4, 4, 4)
 Saves runs/vq_images/tokenizer: use it as data.tokenizer="vq:runs/vq_images/tokenizer" with
-data.seq_len=64 (configs/transfer_vq_images.py). Measured on the 2-core machine of sessions
-5-11 (benchmarks/RESULTS.md, "VQ tokenizers (issue 5)"): EMA VQ, 1650 steps in 14.7 minutes,
-held-out PSNR 24.02 dB over all pixels (25.59 dB as a mean of per-image PSNRs), codebook usage
-97.3%; FSQ with three residual blocks, 1500 steps in 8.1-9.6 minutes (the machine's quicker hours;
-about 15 in its slowest), 24.005 dB (25.64), 98.2% (seeds 1: 23.95 dB, 97.1%). SiLU gained
-0.1-0.3 dB, recolouring 0.2 dB, the weights' running average 0.1 dB, Muon 0.1-0.4 dB at equal
-time, FSQ's four channels (8, 4, 4, 4) instead of three (8, 8, 8) 0.2 dB, ending FSQ's cosine
-decay at 0.3 lr instead of 0.1 lr 0.01 dB, FSQ's third residual block 0.04-0.05 dB at equal
-steps; wider networks did not at this budget.
+data.seq_len=64 (configs/transfer_vq_images.py). Expect on 2 CPU cores a held-out PSNR of about
+24.0 dB over all pixels (25.6 dB as a mean of per-image PSNRs) with 97-98% of the codes in use:
+EMA VQ in about 15 minutes, FSQ in 8-15. How the recipes were found: benchmarks/RESULTS.md,
+"VQ tokenizers (issue 5)".
 """
-from igpt import vq_train
 from igpt.data import specs
 from igpt.tokenizers import vq
+from igpt.tokenizers.vq import task
 
 
 # Per quantizer, the recipe that measured best (RESULTS.md). Muon gains held-out PSNR (+0.4 dB
@@ -36,15 +31,14 @@ FSQ_LEVELS = (8, 4, 4, 4)
 def get_config(kind: str = "vq"):
     quantizer = vq.quantizer_config(kind, num_codes=512, code_dim=64, levels=FSQ_LEVELS)  # names a bad kind
     recipe = RECIPES[kind]
-    c = vq_train.base_config(
+    c = task.base_config(
         model=vq.model_config("image", strides=(2, 2), channels=(64, 128), res_blocks=recipe["res_blocks"],
                               res_channels=64, activation="silu"),
         quantizer=quantizer,
         data=specs.images("shipped:photos", res=32, tokenizer="vq"),
-        optim=vq_train.optim_config(lr=recipe["lr"], warmup_steps=100, name="muon",
+        optim=task.optim_config(lr=recipe["lr"], warmup_steps=100, name="muon",
                                     adam_modules=recipe["adam_modules"], min_lr_ratio=recipe["min_lr_ratio"]),
-        # On the 2 cores of sessions 5-11: VQ 0.45-0.55 s a step; FSQ 0.37-0.40 (session 11), up to ~0.59 in slow hours.
-        train=vq_train.train_config(steps=recipe["steps"], global_batch=64),
+        train=task.train_config(steps=recipe["steps"], global_batch=64),
     )
     c.train.ema_decay = recipe["ema_decay"]  # evaluate and save the weights' running average
     # Seven training photos: mirrored, turned and recoloured copies (hue turned about the grey

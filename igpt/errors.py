@@ -4,17 +4,18 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from igpt.checkpoint import CheckpointMismatchError
 from igpt.data.errors import DataError
 from igpt.distributed import DistributedError
 from igpt.sharding import MeshError
 from igpt.tokenizers.base import TokenizerError
-from igpt.train import NonFiniteLossError
+from igpt.training.checkpoint import CheckpointMismatchError
+from igpt.training.loop import NonFiniteLossError, ResumeMismatchError
+from igpt.training.optim import OptimizerError
+from igpt.training.rundir import WorkdirError
 from igpt.transfer.arms import TransferError
-from igpt.workdir import WorkdirError
 
-USER_ERRORS = (CheckpointMismatchError, DataError, DistributedError, MeshError, TokenizerError,
-               NonFiniteLossError, TransferError, WorkdirError, FileNotFoundError)
+USER_ERRORS = (CheckpointMismatchError, DataError, DistributedError, MeshError, TokenizerError, NonFiniteLossError,
+               ResumeMismatchError, OptimizerError, TransferError, WorkdirError, FileNotFoundError)
 
 
 def parse_flags_clearly(argv: list[str]) -> list[str]:

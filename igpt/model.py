@@ -38,12 +38,12 @@ KVCache = tuple[jax.Array, jax.Array]
 
 
 def model_config(size: str = "tiny", **overrides) -> ml_collections.ConfigDict:
-    """Named model sizes; any field may be overridden (`model_config('tiny', mlp='swiglu')`)."""
+    """Named model sizes; any field may be overridden (`model_config('tiny', mlp='swiglu')`). The
+    name only picks the depth, width and heads: it is not kept, so it cannot go stale."""
     if size not in SIZES:
         raise ValueError(f"unknown model size {size!r}; choose one of {sorted(SIZES)}.")
     layers, width, heads = SIZES[size]
     c = ml_collections.ConfigDict(dict(
-        size=size,
         num_layers=layers,
         width=width,
         num_heads=heads,

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -23,9 +21,11 @@ import ml_collections
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from igpt import checkpoint, tokenizers
+from igpt import tokenizers
 from igpt.model import Transformer, model_config, with_bos
 from igpt.tokenizers.base import Tokenizer
+from igpt.training.checkpoint import Checkpointer
+from igpt.training.rundir import RunDir
 
 
 def sample_token(logits: jax.Array, key: jax.Array, temperature: jax.Array, top_k: int) -> jax.Array:
@@ -103,13 +103,14 @@ def axis_rules(cfg: ml_collections.ConfigDict) -> tuple:
 def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
     """The run's config.json, its model section completed with the defaults of fields added
     since the run was written."""
-    path = Path(workdir) / "config.json"
-    if not path.is_file():
+    saved_cfg = RunDir.at(workdir).read_config()
+    if saved_cfg is None:
         raise FileNotFoundError(f"{workdir} has no config.json: it is not an igpt training run "
                                 "(igpt-train writes one); point --workdir at a run directory.")
-    cfg = ml_collections.ConfigDict(json.loads(path.read_text()))
+    cfg = ml_collections.ConfigDict(saved_cfg)
     saved = cfg.model.to_dict()
-    cfg.model = model_config(saved.pop("size"), **saved)
+    saved.pop("size", None)  # runs written before the preset name was dropped from the config
+    cfg.model = model_config(**saved)
     return cfg
 
 
@@ -118,16 +119,17 @@ def load_run(workdir: str | os.PathLike, mesh: jax.sharding.Mesh, step: int | No
     run's logical-axis rules say: a checkpoint written on any mesh (e.g. FSDP over 8 devices)
     restores onto this one."""
     cfg = read_config(workdir)
-    if not (Path(workdir) / checkpoint.CHECKPOINT_SUBDIR).is_dir():
-        raise FileNotFoundError(f"{workdir} has no {checkpoint.CHECKPOINT_SUBDIR}/: the run saved no checkpoint "
+    run = RunDir.at(workdir)
+    if not run.checkpoints.is_dir():
+        raise FileNotFoundError(f"{workdir} has no {run.checkpoints.name}/: the run saved no checkpoint "
                                 "yet; train it until its first train.checkpoint_every step.")
-    tokenizer = tokenizers.load(Path(workdir) / "tokenizer")
+    tokenizer = tokenizers.load(run.tokenizer)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(axis_rules(cfg)):
         graphdef, shapes = nnx.split(nnx.eval_shape(
             lambda: Transformer(cfg.model, tokenizer.vocab_size, cfg.data.seq_len, rngs=nnx.Rngs(0))), nnx.Param)
     target = jax.tree.map(
         lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=NamedSharding(mesh, s.sharding.spec)), shapes)
-    ckpt = checkpoint.Checkpointer(workdir)
+    ckpt = Checkpointer(run.checkpoints)
     try:
         step = ckpt.latest_step() if step is None else step
         if step is None:

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from igpt.metrics import read_run_info
+from igpt.training.rundir import RunDir
 from igpt.transfer.experiment import run_experiment
 from igpt.transfer.report import write_report
 from trainer_fixtures import REPO, cli_env
@@ -55,7 +55,7 @@ def test_killed_experiment_resumes_to_the_same_report(tmp_path, data_dir):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     first_target = killed / "target" / "scratch" / "lr0.01" / "seed0"
     deadline = time.time() + 600
-    while not read_run_info(first_target).get("finished") and time.time() < deadline and proc.poll() is None:
+    while not RunDir(first_target).read_info().get("finished") and time.time() < deadline and proc.poll() is None:
         time.sleep(0.1)
     proc.send_signal(signal.SIGKILL)
     proc.wait()

@@ -9,12 +9,13 @@ import sys
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
-from igpt import checkpoint, sharding
-from igpt.data import pipeline
-from igpt.metrics import read_metrics
-from igpt.train import abstract, create_state, evaluate, make_step_fns, optim_config
+from igpt import sharding
+from igpt.gpt import GPTTask
+from igpt.training.checkpoint import Checkpointer
+from igpt.training.loop import abstract, build, on_mesh
+from igpt.training.metrics import read_metrics
+from igpt.training.rundir import RunDir
 from trainer_fixtures import REPO, committed_steps, tiny_config
 
 STEPS = 10
@@ -38,17 +39,15 @@ def two_process_run(tmp_path_factory, data_dir):
 def _restore(workdir, data_dir, mesh_shape):
     cfg = tiny_config(data_dir, steps=STEPS, data=mesh_shape[0], fsdp=mesh_shape[1], tensor=mesh_shape[2])
     mesh = sharding.make_mesh(cfg.mesh)
-    rules = tuple(cfg.axis_rules)
-    tokenizer = pipeline.build_tokenizer(cfg.data, cache_dir=str(workdir / "tokenizer"))
-    eval_ds = pipeline.build_dataset(cfg.data, cfg.data.eval_split, tokenizer)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-        graphdef, fresh = create_state(cfg, tokenizer.vocab_size, cfg.data.seq_len, mesh)
-        ckpt = checkpoint.Checkpointer(workdir)
+    run = RunDir.at(workdir)
+    task = GPTTask(cfg)
+    with on_mesh(mesh, tuple(cfg.axis_rules)):
+        task.setup(run, mesh)  # the trainer's own model, tokenizer (the run's) and eval
+        fresh = build(task, mesh).state
+        ckpt = Checkpointer(run.checkpoints)
         params = ckpt.restore_params(STEPS, abstract(fresh["params"]))
         ckpt.close()
-        fns = make_step_fns(graphdef, None, tokenizer.vocab_size, optim_config(), nan_step=-1)
-        loss = evaluate(jax.jit(fns.eval), {"params": params}, eval_ds, cfg.train.eval_batches,
-                        cfg.train.global_batch, mesh, rules)
+        loss = task.evaluate({"params": params})["loss"]
     flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
     return flat, loss, params
 

@@ -1,4 +1,4 @@
-"""igpt.muon makes optax.contrib.muon's updates with the Newton-Schulz iteration on the Gram matrix."""
+"""igpt.training.muon makes optax.contrib.muon's updates with the Newton-Schulz iteration on the Gram matrix."""
 from __future__ import annotations
 
 import jax
@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from igpt import muon
+from igpt.training import muon
 
 
 def _kernels(rng: np.random.Generator) -> dict[str, jax.Array]:

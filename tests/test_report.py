@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from igpt.commands.report import main
-from igpt.metrics import MetricsWriter, write_run_info
+from igpt.training.metrics import MetricsWriter
+from igpt.training.rundir import RunDir
 from igpt.transfer.arms import SCRATCH, parse_arm
 from igpt.transfer.metrics import ArmResult, Interval, StepsToTarget, TargetResult
 from igpt.transfer.report import write_report
@@ -17,7 +18,7 @@ from igpt.transfer.report.analysis import headline_of
 from igpt.transfer.report.render import headline_text
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = np.arange(50, 1001, 50)  # like igpt.train: the first eval is after eval_every steps
+STEPS = np.arange(50, 1001, 50)  # like the trainer: the first eval is after eval_every steps
 TOKENS_PER_STEP = 4096
 SEED_PACE = {0: 1.0, 1: 1.1, 2: 0.9}
 GOOD, BAD = 1e-3, 3e-4
@@ -32,10 +33,10 @@ def bits_curve(step: np.ndarray, pace: float) -> np.ndarray:
 
 def write_run(path: Path, info: dict, pace: float | None, last_step: int = 1000) -> None:
     path.mkdir(parents=True)
-    write_run_info(path, info)
+    RunDir(path).update_info(**info)
     if pace is None:
         return
-    writer = MetricsWriter(path)
+    writer = MetricsWriter(RunDir(path).metrics)
     for s in STEPS[STEPS <= last_step]:
         b = float(bits_curve(s, pace))
         common = {"step": int(s), "tokens_seen": int(s) * TOKENS_PER_STEP, "wall_time": 0.0}

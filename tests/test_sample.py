@@ -2,6 +2,7 @@
 their prompt, and igpt-sample turns a checkpoint written on an 8-device mesh into pictures."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -15,13 +16,13 @@ from flax import nnx
 from PIL import Image
 
 from igpt import sharding
-from igpt.checkpoint import Checkpointer
 from igpt.commands.sample import grey_after, image_grid, save_outputs
 from igpt.data import pipeline
 from igpt.model import Transformer, model_config, with_bos
 from igpt.sample import generate, generate_uncached, load_run
 from igpt.tokenizers import MulawTokenizer
-from igpt.workdir import write_run_files
+from igpt.training.checkpoint import Checkpointer
+from igpt.training.rundir import RunDir
 from trainer_fixtures import REPO, tiny_config
 
 VOCAB, SEQ = 16, 64
@@ -146,8 +147,8 @@ def run_dir(tmp_path_factory, data_dir):
         params = nnx.state(model, nnx.Param)
         state = {"params": params, "step": jax.device_put(jnp.array(7, jnp.int32), sharding.replicated(mesh))}
     assert len(params["head"][...].sharding.device_set) == 8
-    write_run_files(workdir, cfg)
-    ckpt = Checkpointer(workdir, keep=1, async_save=False)
+    RunDir.at(workdir).write_config(json.loads(cfg.to_json_best_effort()))
+    ckpt = Checkpointer(RunDir.at(workdir).checkpoints, keep=1, async_save=False)
     ckpt.save(7, state, {"step": 7})
     ckpt.close()
     return workdir, jax.tree.map(np.asarray, params)

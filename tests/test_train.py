@@ -1,14 +1,22 @@
-"""The sharded trainer: mesh invariance, exact resume, preemption, NaN guard, bad input."""
+"""The sharded trainer: mesh invariance, exact resume, preemption, NaN guard, bad input,
+and the run directory's contract (run.json, config.json written once, resume checks)."""
 from __future__ import annotations
 
+import json
+import math
 import shutil
 import signal
 import subprocess
 import time
-from pathlib import Path
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+
+from igpt.gpt import GPTTask, train
+from igpt.training import loop
+from igpt.training.loop import NonFiniteLossError
+from igpt.training.rundir import RunDir
 
 from trainer_fixtures import (cli_command, cli_env, committed_steps, run_cli, tiny_config,
                               train_losses, REPO)
@@ -24,7 +32,6 @@ def reference(tmp_path_factory, data_dir):
 
 
 def test_first_losses_equal_across_meshes(tmp_path, data_dir):
-    from igpt.train import train
     curves = {}
     for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 4, 2)]:
         cfg = tiny_config(data_dir, steps=10, data=shape[0], fsdp=shape[1], tensor=shape[2],
@@ -101,11 +108,37 @@ def test_sigterm_saves_current_step_and_resumes(tmp_path, data_dir, reference):
     assert train_losses(workdir)[40] == train_losses(reference)[40]
 
 
-def test_injected_nan_stops_naming_the_step(tmp_path, data_dir):
-    out = run_cli(tmp_path, data_dir, "--config.train.inject_nan_at_step=8")
-    assert out.returncode == 1
-    assert "step 8" in out.stderr and "non-finite" in out.stderr
+class NanAtStep(GPTTask):
+    """The GPT task whose step reports a NaN loss at one step: fault injection lives here, in a
+    test task, not in the production step."""
+
+    def __init__(self, cfg, nan_step: int):
+        super().__init__(cfg)
+        self.nan_step = nan_step
+
+    def make_train_step(self, tx):
+        step = super().make_train_step(tx)
+
+        def poisoned(state, tokens):
+            new, metrics = step(state, tokens)
+            return new, dict(metrics, loss=jnp.where(new["step"] == self.nan_step, jnp.nan, metrics["loss"]))
+        return poisoned
+
+
+def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path, data_dir):
+    cfg = tiny_config(data_dir, steps=20)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss=nan at step 8"):
+        loop.run(NanAtStep(cfg, nan_step=8), tmp_path)
     assert committed_steps(tmp_path) == [5], "the last good checkpoint stays; nothing past the NaN"
+    assert RunDir.at(tmp_path).read_info()["status"] == "failed"
+
+
+def test_one_step_smoke(tmp_path, data_dir):
+    out = train(tiny_config(data_dir, steps=1), tmp_path, info={"role": "single"})
+    assert out.step == 1 and not out.preempted and math.isfinite(out.eval["loss"])
+    info = RunDir.at(tmp_path).read_info()
+    assert info["status"] == "finished" and info["finished"] and info["task"] == "gpt" and info["role"] == "single"
+    assert info["step"] == info["steps"] == 1
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -127,11 +160,58 @@ def test_unwritable_workdir(tmp_path, data_dir):
     assert out.returncode == 1 and "not writable" in out.stderr
 
 
-def test_checkpoint_of_another_shape_is_refused_untouched(tmp_path, data_dir, reference):
+def _mtimes(workdir):
+    return sorted((str(p), p.stat().st_mtime_ns) for p in workdir.rglob("*") if p.is_file())
+
+
+def test_a_changed_config_is_refused_on_resume_untouched(tmp_path, data_dir, reference):
     workdir = tmp_path / "other"
     shutil.copytree(reference, workdir)
-    before = sorted(p.stat().st_mtime_ns for p in (workdir / "checkpoints").rglob("*"))
+    before = _mtimes(workdir)
     out = run_cli(workdir, data_dir, "--config.model.width=32", "--config.train.steps=50")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "another config (model.width: 64 -> 32; train.steps: 40 -> 50)" in out.stderr
+    assert "fresh --workdir" in out.stderr and "accept_config_changes" in out.stderr
+    assert _mtimes(workdir) == before
+
+
+def test_checkpoint_of_another_shape_is_refused_untouched_even_when_changes_are_accepted(
+        tmp_path, data_dir, reference):
+    workdir = tmp_path / "other"
+    shutil.copytree(reference, workdir)
+    before = _mtimes(workdir)
+    out = run_cli(workdir, data_dir, "--config.model.width=32", "--config.train.accept_config_changes=True")
     assert out.returncode == 1
     assert "another shape" in out.stderr and "fresh --workdir" in out.stderr
-    assert sorted(p.stat().st_mtime_ns for p in (workdir / "checkpoints").rglob("*")) == before
+    assert _mtimes(workdir) == before
+
+
+def test_a_checkpoint_of_another_data_seed_is_refused(tmp_path, data_dir, reference):
+    """The checkpoint's meta is read on resume: another data order would break bitwise resume."""
+    workdir = tmp_path / "seed"
+    shutil.copytree(reference, workdir)
+    out = run_cli(workdir, data_dir, "--config.data.seed=3", "--config.train.accept_config_changes=True")
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "data_seed: 0 -> 3" in out.stderr and "checkpoint" in out.stderr
+
+
+def test_accepted_changes_resume_and_keep_the_first_config(tmp_path, data_dir, reference):
+    workdir = tmp_path / "longer"
+    shutil.copytree(reference, workdir)
+    first = (workdir / "config.json").read_text()
+    out = run_cli(workdir, data_dir, "--config.train.steps=45", "--config.train.accept_config_changes=True",
+                  "--config.train.log_every=5")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "resumed from step 40 of 45" in out.stdout
+    assert (workdir / "config.json").read_text() == first
+    assert json.loads((workdir / "config.resumed-at-40.json").read_text())["train"]["steps"] == 45
+    assert max(train_losses(workdir)) == 45
+    assert json.loads((workdir / "run.json").read_text())["status"] == "finished"
+
+
+def test_cadence_settings_may_change_on_resume(tmp_path, data_dir, reference):
+    workdir = tmp_path / "cadence"
+    shutil.copytree(reference, workdir)
+    out = run_cli(workdir, data_dir, "--config.train.log_every=7", "--config.mesh.fsdp=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert not list(workdir.glob("config.resumed-at-*"))

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from igpt import checkpoint
-from igpt.train import train
+from igpt.training import checkpoint
+from igpt.gpt import train
 from igpt.transfer import init as transfer_init
 from igpt.treepaths import path_names
 from trainer_fixtures import tiny_config

@@ -17,10 +17,13 @@ import pytest
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from igpt import tokenizers, vq_train
+from igpt import tokenizers
 from igpt.data import pipeline, specs
-from igpt.metrics import read_metrics
-from igpt.tokenizers import quantizers, vq
+from igpt.tokenizers import reconstruction, vq
+from igpt.tokenizers.vq import augment, quantizers
+from igpt.tokenizers.vq import task as vqtask
+from igpt.training import optim
+from igpt.training.metrics import read_metrics
 from igpt.tokenizers.base import TokenizerError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -30,25 +33,25 @@ def tiny_image_config(data_dir: str, kind: str = "vq", steps: int = 100):
     """16x16 photo crops at 4x (16 tokens each): fits in seconds and still learns."""
     quantizer = (vq.quantizer_config("vq", num_codes=32, code_dim=8, kmeans_batches=2, kmeans_iters=3)
                  if kind == "vq" else vq.quantizer_config("fsq", levels=(8, 4)))
-    c = vq_train.base_config(
+    c = vqtask.base_config(
         model=vq.model_config("image", strides=(2, 2), channels=(16, 32), res_blocks=1, res_channels=16),
         quantizer=quantizer,
         data=specs.images("shipped:photos", res=16, tokenizer="vq", data_dir=data_dir, max_examples=256),
-        optim=vq_train.optim_config(lr=5e-3, warmup_steps=5),
-        train=vq_train.train_config(steps=steps, global_batch=16))
+        optim=vqtask.optim_config(lr=5e-3, warmup_steps=5),
+        train=vqtask.train_config(steps=steps, global_batch=16))
     c.train.update(log_every=10, eval_every=50, checkpoint_every=50)
     return c
 
 
 def tiny_audio_config(data_dir: str, steps: int = 20):
-    c = vq_train.base_config(
+    c = vqtask.base_config(
         model=vq.model_config("audio", strides=(4, 4), channels=(16, 32), res_blocks=1, res_channels=16,
                               in_channels=1),
         quantizer=vq.quantizer_config("vq", num_codes=32, code_dim=8, kmeans_batches=2, kmeans_iters=3),
         data=specs.audio("shipped:music", seq_len=512, tokenizer="vq", sample_rate=8000, data_dir=data_dir,
                          max_examples=8),
-        optim=vq_train.optim_config(lr=3e-3, warmup_steps=5),
-        train=vq_train.train_config(steps=steps, global_batch=8))
+        optim=vqtask.optim_config(lr=3e-3, warmup_steps=5),
+        train=vqtask.train_config(steps=steps, global_batch=8))
     c.train.update(log_every=10, eval_every=100, checkpoint_every=100)
     return c
 
@@ -58,7 +61,7 @@ def image_run(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("vq_images")
     cfg = tiny_image_config(data_dir)
     cfg.mesh.num_devices = 2  # batch sharded over two devices: the EMA sums run on the global batch
-    return cfg, workdir, vq_train.fit(cfg, workdir, log=lambda _: None)
+    return cfg, workdir, vqtask.fit(cfg, workdir)
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +110,14 @@ def test_training_objective_gives_the_encoder_the_commitment_gradient_and_the_co
     model, quantizer = vq.model_config(channels=(8, 8), res_blocks=0), vq.quantizer_config(num_codes=16, code_dim=4)
     graphdef, params = vq.init_params(model, quantizer, seed=0)
     photos = pipeline.load_examples(specs.images("shipped:photos", res=16, data_dir=data_dir, max_examples=64), "train")
-    x = jnp.asarray(vq_train.image_batch(photos, 0, 4, seed=0))
+    x = jnp.asarray(augment.image_batch(photos, 0, 4, seed=0))
     qstate = quantizers.vq_kmeans_init(nnx.merge(graphdef, params).encode(x), 16, jax.random.key(0), 2, 64)
 
     @jax.jit
     def grads(params, qstate):  # d(recon), d(commitment), d(total) / d(params, codebook state)
         def term(i):
             def f(p, s):
-                loss, (_, out, recon) = vq_train.objective(graphdef, quantizer, p, s, x)
+                loss, (_, out, recon) = vqtask.objective(graphdef, quantizer, p, s, x)
                 return (recon, out.commitment_loss, loss)[i]
             return jax.grad(f, argnums=(0, 1))(params, qstate)
         return [term(i) for i in range(3)]
@@ -159,7 +162,7 @@ def test_weight_average_ramps_its_decay_then_holds_it():
     params = {"w": jnp.zeros(3)}
     average = params
     for step in range(200):  # a constant target: the average closes in at the ramped rate
-        average = vq_train.weight_average(average, {"w": jnp.ones(3)}, jnp.asarray(step), decay=0.99)
+        average = vqtask.weight_average(average, {"w": jnp.ones(3)}, jnp.asarray(step), decay=0.99)
         if step == 0:  # decay min(0.99, 1/10): the first weights are nearly taken as they are
             np.testing.assert_allclose(average["w"], 0.9, rtol=1e-6)
     gap = np.prod([min(0.99, (1 + t) / (10 + t)) for t in range(200)])
@@ -261,16 +264,16 @@ def test_fsq_codes_cover_the_grid_and_look_up_exactly():
 
 def test_metrics_on_planted_answers():
     a = np.zeros((2, 4, 4, 3), np.uint8)
-    assert vq_train.psnr(a, a + 1) == pytest.approx(10 * np.log10(255.0**2))
+    assert reconstruction.psnr(a, a + 1) == pytest.approx(10 * np.log10(255.0**2))
     wave = np.sin(np.linspace(0, 200, 4096, dtype=np.float32))[None]
-    assert vq_train.snr(wave, 0.9 * wave) == pytest.approx(20.0, abs=1e-4)  # error 0.1 of amplitude
+    assert reconstruction.snr(wave, 0.9 * wave) == pytest.approx(20.0, abs=1e-4)  # error 0.1 of amplitude
     noise = np.random.default_rng(0).normal(size=wave.shape).astype(np.float32)
-    assert vq_train.stft_distance(wave, wave) == 0.0
-    assert 0 < vq_train.stft_distance(wave, wave + 0.01 * noise) < vq_train.stft_distance(wave, wave + 0.1 * noise)
+    assert reconstruction.stft_distance(wave, wave) == 0.0
+    assert 0 < reconstruction.stft_distance(wave, wave + 0.01 * noise) < reconstruction.stft_distance(wave, wave + 0.1 * noise)
     codes = np.arange(8).repeat(3)
-    assert vq_train.code_usage(codes, 16) == 0.5
-    assert vq_train.perplexity(codes, 16) == pytest.approx(8.0)
-    assert vq_train.perplexity(np.zeros(10, int), 16) == pytest.approx(1.0)
+    assert reconstruction.code_usage(codes, 16) == 0.5
+    assert reconstruction.perplexity(codes, 16) == pytest.approx(8.0)
+    assert reconstruction.perplexity(np.zeros(10, int), 16) == pytest.approx(1.0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,10 +312,10 @@ def test_image_tokens_have_the_right_shape_and_raster_order(image_run, held_out_
 def test_round_trip_reconstructs_held_out_photos(image_run, held_out_images):
     _, _, tok = image_run
     tokens = tok.encode(held_out_images)
-    own = vq_train.psnr(held_out_images, tok.decode(tokens))
+    own = reconstruction.psnr(held_out_images, tok.decode(tokens))
     assert own == pytest.approx(tok.metrics["psnr"])
     # each image's tokens describe that image: another image's tokens reconstruct it far worse
-    assert own > vq_train.psnr(held_out_images, tok.decode(np.roll(tokens, 1, axis=0))) + 2.0
+    assert own > reconstruction.psnr(held_out_images, tok.decode(np.roll(tokens, 1, axis=0))) + 2.0
 
 
 def test_save_load_is_exact_through_every_entry_point(image_run, held_out_images, tmp_path):
@@ -376,28 +379,28 @@ def test_fsq_image_tokenizer_fits_and_round_trips(data_dir, tmp_path, held_out_i
     cfg = tiny_image_config(data_dir, kind="fsq", steps=20)
     cfg.mesh.num_devices = 1  # the sharded path is the VQ fixture's; one device compiles faster
     cfg.model.activation = "silu"  # configs/vq_images.py's; the VQ fixture keeps the default relu
-    tok = vq_train.fit(cfg, tmp_path, log=lambda _: None)
+    tok = vqtask.fit(cfg, tmp_path)
     assert tok.vocab_size == 32 and tok.qstate == {} and tok.model_cfg.activation == "silu"
     tokens = tok.encode(held_out_images)
     assert tokens.shape == (len(held_out_images), 16) and tokens.max() < 32
     loaded = tokenizers.load(tmp_path / "tokenizer")
     np.testing.assert_array_equal(loaded.decode(tokens), tok.decode(tokens))
-    own = vq_train.psnr(held_out_images, tok.decode(tokens))
-    assert own > vq_train.psnr(held_out_images, tok.decode(np.roll(tokens, 1, axis=0))) + 1.0
+    own = reconstruction.psnr(held_out_images, tok.decode(tokens))
+    assert own > reconstruction.psnr(held_out_images, tok.decode(np.roll(tokens, 1, axis=0))) + 1.0
 
 
 @pytest.mark.slow
-def test_resume_from_a_checkpoint_ends_bitwise_where_an_uninterrupted_run_does(data_dir, tmp_path):
+def test_resume_from_a_checkpoint_ends_bitwise_where_an_uninterrupted_run_does(data_dir, tmp_path, capsys):
     cfg = tiny_image_config(data_dir, steps=20)
     cfg.mesh.num_devices = 1
     cfg.train.update(checkpoint_every=10, eval_every=1000, ema_decay=0.9)  # the weights' average resumes too
     cfg.optim.name = "muon"  # and Muon's momentum and Adam moments
-    whole = vq_train.fit(cfg, tmp_path / "whole", log=lambda _: None)
+    whole = vqtask.fit(cfg, tmp_path / "whole")
     resumed_dir = tmp_path / "resumed" / "checkpoints"
     shutil.copytree(tmp_path / "whole" / "checkpoints" / "10", resumed_dir / "10")  # as if killed after step 10
-    lines = []
-    resumed = vq_train.fit(cfg, tmp_path / "resumed", log=lines.append)
-    assert "resumed from step 10" in lines
+    capsys.readouterr()
+    resumed = vqtask.fit(cfg, tmp_path / "resumed")
+    assert "resumed from step 10 of 20" in capsys.readouterr().out
     for a, b in zip(jax.tree.leaves(resumed.params), jax.tree.leaves(whole.params), strict=True):
         np.testing.assert_array_equal(a, b)
     for k in whole.qstate:  # the codebook's EMA state and restart draws continue exactly too
@@ -411,7 +414,7 @@ def test_resume_from_a_checkpoint_ends_bitwise_where_an_uninterrupted_run_does(d
 def test_audio_tokenizer_fits_on_music_and_round_trips(data_dir, tmp_path):
     cfg = tiny_audio_config(data_dir)
     cfg.mesh.num_devices = 1
-    tok = vq_train.fit(cfg, tmp_path, log=lambda _: None)
+    tok = vqtask.fit(cfg, tmp_path)
     assert tok.downsample == 16 and {"snr", "stft", "usage", "perplexity"} <= set(tok.metrics)
     waves = pipeline.load_examples(cfg.data, cfg.data.eval_split)
     frames = np.stack([w[:2048] for w in waves[:4]])
@@ -476,19 +479,19 @@ def test_recolouring_keeps_grey_levels_and_includes_the_channel_permutations(dat
     third, zero, one = np.full(n, 2 * np.pi / 3), np.zeros(n), np.ones(n)
     no, yes = np.zeros(n, bool), np.ones(n, bool)
     # a turn by 2 pi / 3 cycles the channels (up to rounding); a mirror alone swaps red and green
-    np.testing.assert_allclose(vq_train.recolour(photos, third, no, one), photos[..., [2, 0, 1]], atol=1)
-    np.testing.assert_array_equal(vq_train.recolour(photos, zero, yes, one), photos[..., [1, 0, 2]])
+    np.testing.assert_allclose(augment.recolour(photos, third, no, one), photos[..., [2, 0, 1]], atol=1)
+    np.testing.assert_array_equal(augment.recolour(photos, zero, yes, one), photos[..., [1, 0, 2]])
     # saturation 0 leaves each pixel's grey level in all three channels
     grey = lambda x: x.astype(np.float64).mean(-1)
-    np.testing.assert_allclose(vq_train.recolour(photos, zero, no, 0 * one)[..., 0], grey(photos), atol=0.5)
+    np.testing.assert_allclose(augment.recolour(photos, zero, no, 0 * one)[..., 0], grey(photos), atol=0.5)
     # any angle and saturation keep each pixel's grey level (but for clipping); grey stays grey
     rng = np.random.default_rng(0)
-    turned = vq_train.recolour(photos, rng.uniform(0, 2 * np.pi, n), no, rng.uniform(0.6, 1.4, n))
+    turned = augment.recolour(photos, rng.uniform(0, 2 * np.pi, n), no, rng.uniform(0.6, 1.4, n))
     inside = np.all((turned > 0) & (turned < 255), axis=-1)
     assert inside.mean() > 0.5
     np.testing.assert_allclose(grey(turned)[inside], grey(photos)[inside], atol=1)
     flat = np.repeat(photos[..., :1], 3, axis=-1)
-    np.testing.assert_array_equal(vq_train.recolour(flat, third, no, 1.4 * one), flat)
+    np.testing.assert_array_equal(augment.recolour(flat, third, no, 1.4 * one), flat)
     assert np.abs(turned.astype(int) - photos).mean() > 10  # colours did move
 
 
@@ -497,34 +500,34 @@ def test_recolouring_grey_images_is_refused(data_dir):
     for colour in ("hue", "saturation"):
         cfg.train.augment = ("flip", colour)
         with pytest.raises(TokenizerError, match=f"\\['{colour}'\\] recolour RGB images"):
-            vq_train.batch_fn(cfg, np.zeros((4, 16, 16, 1), np.uint8))
+            vqtask.batch_fn(cfg, np.zeros((4, 16, 16, 1), np.uint8))
 
 
 def test_bad_training_settings_are_refused_before_the_workdir_is_made(data_dir, tmp_path):
     cfg = tiny_image_config(data_dir, steps=1)
     cfg.train.ema_decay = 1.0
     with pytest.raises(TokenizerError, match=r"train.ema_decay=1.0 must lie in \[0, 1\)"):
-        vq_train.fit(cfg, tmp_path / "run", log=lambda _: None)
+        vqtask.fit(cfg, tmp_path / "run")
     cfg = tiny_image_config(data_dir, steps=1)
     cfg.optim.name = "adamw"
-    with pytest.raises(TokenizerError, match=r"optim.name 'adamw' is unknown"):
-        vq_train.fit(cfg, tmp_path / "run", log=lambda _: None)
+    with pytest.raises(optim.OptimizerError, match=r"optim.name 'adamw' is unknown"):
+        vqtask.fit(cfg, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
 def test_contrast_scales_deviations_from_each_images_mean(data_dir):
     rng = np.random.default_rng(0)
     images = rng.integers(96, 160, (2, 8, 8, 3)).astype(np.uint8)  # no factor here pushes them out of range
-    out = vq_train.rescale_contrast(images, np.array([0.7, 1.3]))
+    out = augment.rescale_contrast(images, np.array([0.7, 1.3]))
     for image, scaled, factor in zip(images, out, (0.7, 1.3)):
         assert abs(scaled.mean() - image.mean()) < 0.5
         assert scaled.std() / image.std() == pytest.approx(factor, abs=0.01)
-    clipped = vq_train.rescale_contrast(np.array([[[[0]], [[255]]]], np.uint8), np.array([1.3]))
+    clipped = augment.rescale_contrast(np.array([[[[0]], [[255]]]], np.uint8), np.array([1.3]))
     np.testing.assert_array_equal(clipped.ravel(), [0, 255])
     cfg = tiny_image_config(data_dir)
     photos = pipeline.load_examples(cfg.data, cfg.data.train_split)
-    plain = vq_train.image_batch(photos, 3, 16, seed=0, augment=("flip",))
-    contrasted = vq_train.image_batch(photos, 3, 16, seed=0, augment=("flip", "contrast"))
+    plain = augment.image_batch(photos, 3, 16, seed=0, augment=("flip",))
+    contrasted = augment.image_batch(photos, 3, 16, seed=0, augment=("flip", "contrast"))
     assert plain.shape == contrasted.shape and not np.array_equal(plain, contrasted)
 
 
@@ -536,9 +539,9 @@ def test_muon_orthogonalises_kernel_updates_and_leaves_biases_to_adam():
     grads = {"kernel": jnp.asarray((u * np.logspace(0, -2, 8)) @ v.T, jnp.float32).reshape(3, 3, 4, 8),
              "bias": jnp.asarray(rng.normal(size=8), jnp.float32)}
     params = jax.tree.map(jnp.zeros_like, grads)
-    o = vq_train.optim_config(name="muon")
+    o = vqtask.optim_config(name="muon")
     o.clip_norm = 1e9
-    tx = vq_train.make_optimizer(o, 1e-2)
+    tx = optim.build(o, 1e-2, matrices=vqtask.muon_kernels)
     updates, _ = tx.update(grads, tx.init(params), params)
     singular = np.linalg.svd(np.asarray(updates["kernel"]).reshape(36, 8), compute_uv=False)
     assert singular.max() / singular.min() < 2.0  # orthogonalised: the 100x spread is gone
@@ -548,19 +551,19 @@ def test_muon_orthogonalises_kernel_updates_and_leaves_biases_to_adam():
 
 def test_adam_modules_are_dotted_module_paths_checked_against_the_model(data_dir):
     grads = {"kernel": jnp.ones((3, 3, 4, 8)), "bias": jnp.ones(8)}
-    muon = vq_train.muon_kernels({"encoder": {"out": grads, "mid": grads}, "decoder": grads},
+    muon = vqtask.muon_kernels({"encoder": {"out": grads, "mid": grads}, "decoder": grads},
                                  adam_modules=("encoder.out",))
     assert not muon["encoder"]["out"]["kernel"] and not muon["decoder"]["bias"]
     assert muon["encoder"]["mid"]["kernel"] and muon["decoder"]["kernel"]
-    assert vq_train.muon_kernels(grads, adam_modules=("encoder",))["kernel"]
+    assert vqtask.muon_kernels(grads, adam_modules=("encoder",))["kernel"]
     cfg = tiny_image_config(data_dir)
     params = nnx.state(vq.abstract_model(cfg.model, cfg.quantizer), nnx.Param)
-    o = vq_train.optim_config(name="muon", adam_modules=("encoder", "decoder.inp", "encoder.out"))
-    vq_train.check_optim(o, params)
+    o = vqtask.optim_config(name="muon", adam_modules=("encoder", "decoder.inp", "encoder.out"))
+    vqtask.check_optim(o, params)
     o.adam_modules = ("encoder", "head", "encoder.ou")  # "encoder.ou" is a prefix of no module
     with pytest.raises(TokenizerError, match=r"optim.adam_modules names \['encoder.ou', 'head'\], which hold no "
                                              r"weights; .* one of \[.*'encoder.out'"):
-        vq_train.check_optim(o, params)
+        vqtask.check_optim(o, params)
     o.name, o.adam_modules = "sgd", ()
-    with pytest.raises(TokenizerError, match=r"optim.name 'sgd' is unknown; use one of \('adam', 'muon'\)"):
-        vq_train.check_optim(o, params)
+    with pytest.raises(optim.OptimizerError, match=r"optim.name 'sgd' is unknown; use one of \('adam', 'muon'\)"):
+        optim.check(o, vqtask.OPTIMIZERS)

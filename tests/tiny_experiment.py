@@ -11,7 +11,7 @@ import ml_collections
 
 from igpt.data import specs
 from igpt.model import model_config
-from igpt.train import optim_config, train_config
+from igpt.gpt import optim_config, train_config
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.experiment import experiment_config
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from igpt.data import specs
 from igpt.model import model_config
-from igpt.train import base_config, optim_config, train_config
+from igpt.gpt import base_config, optim_config, train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,7 @@ def tiny_config(data_dir: str, steps: int = 10, batch: int = 8, **mesh):
 
 
 def train_losses(workdir) -> dict[int, float]:
-    from igpt.metrics import read_metrics
+    from igpt.training.metrics import read_metrics
     return {r["step"]: r["loss"] for r in read_metrics(workdir) if r["split"] == "train"}
 
 

@@ -7,7 +7,7 @@ A training run then uses it with `--config.data.tokenizer=runs/palette512`.
 
   igpt-fit-tokenizer --config configs/vq_images.py --workdir runs/vq_images [--config.a.b=v ...]
 
-trains a learned VQ tokenizer instead (igpt/vq_train.py) and saves it to runs/vq_images/tokenizer,
+trains a learned VQ tokenizer instead (igpt/tokenizers/vq/task.py) and saves it to runs/vq_images/tokenizer,
 used as `data.tokenizer="vq:runs/vq_images/tokenizer"`.
 """
 from __future__ import annotations
@@ -24,12 +24,6 @@ GRID_COLUMNS = 8
 GRID_PIXELS = 96  # each cell is upscaled (nearest) to about this size so pixels stay visible
 
 
-def psnr(original: np.ndarray, reconstructed: np.ndarray) -> float:
-    """Peak signal-to-noise ratio in dB of uint8 images (inf when identical)."""
-    mse = np.mean((original.astype(np.float64) - reconstructed.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
-
-
 def comparison_grid(original: np.ndarray, reconstructed: np.ndarray, columns: int = GRID_COLUMNS) -> np.ndarray:
     """uint8 RGB image: rows of originals, each followed by the row of their reconstructions."""
     columns = max(1, min(columns, len(original)))
@@ -41,10 +35,38 @@ def comparison_grid(original: np.ndarray, reconstructed: np.ndarray, columns: in
     return np.repeat(np.repeat(grid, scale, axis=0), scale, axis=1)
 
 
+def fit_vq(argv: list[str]) -> None:
+    """igpt-fit-tokenizer --config configs/vq_images.py --workdir DIR [--config.a.b=v ...]
+
+    Flags live in a FlagValues of their own, so this shares a command with the argparse
+    palette path and defines nothing at import time."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    from igpt import distributed
+    from igpt.errors import fail_clearly
+    from igpt.tokenizers.vq.task import fit
+
+    values = flags.FlagValues()
+    config = config_flags.DEFINE_config_file("config", None, "VQ tokenizer config with get_config().",
+                                             flag_values=values)
+    workdir = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tokenizer/.",
+                                  flag_values=values)
+    try:
+        rest = values(["igpt-fit-tokenizer", *argv])
+    except flags.Error as e:
+        raise SystemExit(f"igpt-fit-tokenizer: error: {e}") from None
+    if len(rest) > 1 or config.value is None or not workdir.value:
+        raise SystemExit("usage: igpt-fit-tokenizer --config configs/vq_images.py --workdir DIR "
+                         f"[--config.a.b=v ...]{f' (unexpected {rest[1:]})' if len(rest) > 1 else ''}")
+    with fail_clearly():
+        fit(config.value, workdir.value)
+    distributed.shutdown()
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a.startswith(("--config", "--workdir")) for a in argv):
-        from igpt.vq_train import main as fit_vq
         return fit_vq(argv)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="shipped:photos | shipped:digits | tfds:NAME")
@@ -56,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from igpt.data import pipeline, specs
+    from igpt.tokenizers.reconstruction import psnr
 
     data_cfg = specs.images(args.data, res=args.res, tokenizer=args.tokenizer, data_dir=args.data_dir,
                             max_examples=args.max_examples)

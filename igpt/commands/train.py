@@ -18,7 +18,7 @@ def _run(argv) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments {argv[1:]}; overrides look like --config.train.steps=100.")
     from igpt.errors import fail_clearly
-    from igpt.train import train
+    from igpt.gpt import train
     from igpt import distributed
     with fail_clearly():
         train(_CONFIG.value, _WORKDIR.value)

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from igpt.data.errors import DataError
-from igpt.data.sources import Column, check_index
+from igpt.data.columns import Column, check_index
 
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
 

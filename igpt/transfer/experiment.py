@@ -2,7 +2,7 @@
 and learning rate, then write the report. Resumable as a whole: finished runs are skipped
 and unfinished ones resume from their own checkpoints.
 
-Layout (igpt.transfer.report reads it; see igpt/metrics.py for the run files):
+Layout (igpt.transfer.report reads it; igpt/training/rundir.py names each run's files):
   EXP/experiment.json                 what was asked, and whether it is complete
   EXP/sources/<source>/               pretraining runs
   EXP/target_tokenizer/               fitted once on the target's train split, shared by all arms
@@ -24,8 +24,8 @@ import ml_collections
 
 from igpt import distributed, sharding
 from igpt.data import pipeline
-from igpt.metrics import read_run_info, write_run_info
-from igpt.train import base_config, optim_config, train
+from igpt.gpt import base_config, optim_config, train
+from igpt.training.rundir import RunDir
 from igpt.transfer import init as transfer_init
 from igpt.transfer.arms import SCRATCH, parse_arm
 
@@ -98,19 +98,12 @@ def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
 
 
 def _train_once(cfg, run_dir: Path, info: dict[str, Any], c, log) -> None:
-    if read_run_info(run_dir).get("finished"):
+    if RunDir(run_dir).read_info().get("finished"):
         log(f"  done already: {run_dir}")
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
-    base = dict(info, name=str(run_dir.name), experiment=c.name, finished=False)
-    if jax.process_index() == 0:
-        write_run_info(run_dir, base)
     log(f"  training {run_dir}")
-    result = train(cfg, run_dir)
-    if result.get("preempted"):
+    if train(cfg, run_dir, info=dict(info, name=run_dir.name, experiment=c.name)).preempted:
         raise SystemExit(f"preempted during {run_dir}; rerun the same command to resume the experiment.")
-    if jax.process_index() == 0:
-        write_run_info(run_dir, dict(base, finished=True))
 
 
 def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print) -> Path:

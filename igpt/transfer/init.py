@@ -20,10 +20,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from igpt.transfer.arms import SCRATCH, TransferError, check_mode  # noqa: F401 (train checks init.mode here)
+from igpt.transfer.arms import SCRATCH, TransferError
+from igpt.training.optim import FREEZE, TRAIN
 from igpt.treepaths import path_names
-
-TRAIN, FREEZE = "train", "freeze"
 
 
 def init_config(mode: str = SCRATCH, source: str = "", layers: Sequence[int] = (),

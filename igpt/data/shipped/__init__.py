@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 from igpt.data.errors import DataError
 from igpt.data.locking import file_lock
 from igpt.data.shipped import digits, music, noise, photos, prose
-from igpt.data.sources import Column
+from igpt.data.columns import Column
 
 BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
     "photos": photos.ShippedPhotos,

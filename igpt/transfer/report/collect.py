@@ -1,6 +1,6 @@
 """Find run and experiment directories and read them into typed runs (metrics files only).
 
-A run directory holds metrics.jsonl and/or run.json (igpt/metrics.py); an experiment
+A run directory holds metrics.jsonl and/or run.json (igpt/training/rundir.py); an experiment
 directory holds experiment.json and, somewhere below it, its runs (igpt.transfer.experiment).
 Curves are read in bits per token.
 """
@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from igpt.metrics import METRICS_FILE, RUN_INFO_FILE, bits, read_metrics, read_run_info
+from igpt.training.metrics import bits, read_metrics
+from igpt.training.rundir import METRICS_FILE, RUN_INFO_FILE, RunDir
 from igpt.transfer.metrics import Curve
 
 EXPERIMENT_FILE = "experiment.json"
@@ -61,12 +62,12 @@ def _curve_of(records: list[dict[str, Any]], split: str, path: Path) -> Curve | 
         return Curve([r["step"] for r in rows], [r["tokens_seen"] for r in rows], losses)
     except (KeyError, ValueError) as e:
         raise ValueError(f"{path / METRICS_FILE}: malformed {split} records ({e}); each needs "
-                         "step, tokens_seen and loss or bits_per_token (see igpt/metrics.py)") from e
+                         "step, tokens_seen and loss or bits_per_token (see igpt/training/metrics.py)") from e
 
 
 def read_run(path: Path, label: str) -> Run:
     records = read_metrics(path)
-    return Run(path, label, read_run_info(path), _curve_of(records, "eval", path),
+    return Run(path, label, RunDir(path).read_info(), _curve_of(records, "eval", path),
                _curve_of(records, "train", path))
 
 

@@ -23,6 +23,7 @@ from typing import NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from igpt.tokenizers.base import TokenizerError
 
@@ -216,3 +217,44 @@ def fsq_lookup(codes: jax.Array, levels: Sequence[int]) -> jax.Array:
     lv, half_width, basis = _fsq_constants(check_levels(levels))
     digits = (codes[..., None] // basis) % lv.astype(jnp.int32)
     return (digits.astype(F32) - half_width) / half_width
+
+
+def quantizer_config(kind: str = "vq", *, num_codes: int = 512, code_dim: int = 64, l2: bool = False,
+                     decay: float = 0.99, beta: float = 0.25, dead_threshold: float = 1.0,
+                     kmeans_batches: int = 4, kmeans_iters: int = 10,
+                     levels: Sequence[int] = (8, 8, 8)) -> ml_collections.ConfigDict:
+    """"vq": EMA vector quantization; "fsq": finite scalar quantization with `levels`.
+    Each kind has only its own fields, so overriding the other kind's is an error."""
+    if kind == "vq":
+        return ml_collections.ConfigDict(dict(
+            kind=kind,
+            num_codes=num_codes,
+            code_dim=code_dim,              # a low dimension (8-32) with l2=True gives ViT-VQGAN's factorised codes
+            l2=l2,                          # codes and latents on the unit sphere (cosine matching)
+            decay=decay,                    # EMA decay of code counts and sums
+            beta=beta,                      # commitment weight on the encoder term
+            dead_threshold=dead_threshold,  # EMA count below which a code restarts at a batch latent
+            kmeans_batches=kmeans_batches,  # the first batches whose latents seed the codebook by k-means
+            kmeans_iters=kmeans_iters,
+        ))
+    if kind == "fsq":
+        return ml_collections.ConfigDict(dict(kind=kind, levels=tuple(check_levels(levels))))
+    raise TokenizerError(f"quantizer kind {kind!r} is unknown; use 'vq' (EMA vector quantization) or 'fsq'.")
+
+def num_codes(quantizer: ml_collections.ConfigDict | dict) -> int:
+    q = dict(quantizer)
+    return fsq_num_codes(q["levels"]) if q["kind"] == "fsq" else int(q["num_codes"])
+
+def code_dim(quantizer: ml_collections.ConfigDict | dict) -> int:
+    q = dict(quantizer)
+    return len(q["levels"]) if q["kind"] == "fsq" else int(q["code_dim"])
+
+def quantize(quantizer: ml_collections.ConfigDict, qstate: dict[str, jax.Array], z: jax.Array) -> Quantized:
+    if quantizer.kind == "fsq":
+        return fsq_quantize(z, quantizer.levels)
+    return vq_quantize(z, qstate, quantizer.l2)
+
+def lookup(quantizer: ml_collections.ConfigDict, qstate: dict[str, jax.Array], codes: jax.Array) -> jax.Array:
+    if quantizer.kind == "fsq":
+        return fsq_lookup(codes, quantizer.levels)
+    return vq_lookup(codes, qstate, quantizer.l2)

@@ -1,7 +1,7 @@
 """Orbax checkpoints of the train state: async, keep-N, exact resume, restore onto any mesh.
 
-A checkpoint holds two items: `state` (params, optimizer state, step, rng: global arrays)
-and `meta` (JSON: the data position and the shapes that must match to resume). Orbax writes
+A checkpoint holds two items: `state` (params, optimizer state, step, ...: global arrays)
+and `meta` (JSON: what must match to resume, e.g. seeds, sequence length, vocabulary). Orbax writes
 each step into a temporary directory and renames it when every process has finished, so
 `latest_step` only ever sees fully committed checkpoints; a save killed half-way is ignored.
 """
@@ -14,9 +14,9 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from igpt.training.rundir import RunDir
 from igpt.treepaths import path_names
 
-CHECKPOINT_SUBDIR = "checkpoints"
 
 
 class CheckpointMismatchError(ValueError):
@@ -51,10 +51,10 @@ def _handlers() -> dict[str, ocp.CheckpointHandler]:
 
 
 class Checkpointer:
-    """One run's checkpoint directory (WORKDIR/checkpoints)."""
+    """One run's checkpoint directory (RunDir.checkpoints)."""
 
-    def __init__(self, workdir: str | os.PathLike, keep: int = 3, async_save: bool = True):
-        self.directory = Path(workdir).absolute() / CHECKPOINT_SUBDIR
+    def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
+        self.directory = Path(directory).absolute()
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -105,9 +105,9 @@ def restore_params(run_dir: str | os.PathLike, sharding: jax.sharding.Sharding,
     """Only the params of another run's latest (or given) checkpoint, e.g. a pretrained
     source, placed with `sharding`; shapes come from the checkpoint, so the source's
     vocabulary and length need not match the caller's model."""
-    directory = Path(run_dir).absolute() / CHECKPOINT_SUBDIR
+    directory = RunDir.at(run_dir).checkpoints
     if not directory.is_dir():
-        raise FileNotFoundError(f"{run_dir} has no {CHECKPOINT_SUBDIR}/ directory: it is not an igpt run "
+        raise FileNotFoundError(f"{run_dir} has no {directory.name}/ directory: it is not an igpt run "
                                 "with checkpoints. Pretrain it first, or fix the source path.")
     manager = ocp.CheckpointManager(directory, item_handlers=_handlers(),
                                     options=ocp.CheckpointManagerOptions(read_only=True))

@@ -1,0 +1,174 @@
+"""The GPT task: next-token prediction on token streams, for pretraining and fine-tuning alike
+(what differs is config: `init.mode`, `init.source`). A task for igpt/training/loop.py.
+
+  igpt-train --config configs/tiny_images.py --workdir DIR
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from igpt import sharding
+from igpt.data import pipeline
+from igpt.model import Transformer, flops_per_token, with_bos
+from igpt.training import loop, optim
+from igpt.training.checkpoint import restore_params
+from igpt.training.metrics import bits
+from igpt.training.rundir import RunDir
+from igpt.transfer import init as transfer_init
+from igpt.transfer.arms import SCRATCH, check_mode
+
+
+def optim_config(lr: float = 3e-4, warmup_steps: int = 100) -> ml_collections.ConfigDict:
+    """AdamW with GPT's settings, plus grad_accum (micro-batches per step) and z_loss (weight of
+    the log-partition penalty that keeps the logits from drifting)."""
+    return optim.optim_config("adamw", lr, warmup_steps, grad_accum=1, z_loss=0.0)
+
+
+def train_config(steps: int = 1000, global_batch: int = 32) -> ml_collections.ConfigDict:
+    t = loop.train_config(steps, global_batch, eval_batches=4)  # eval_batches: fixed eval batches per eval
+    return t
+
+
+def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDict, *,
+                optim: ml_collections.ConfigDict | None = None,
+                train: ml_collections.ConfigDict | None = None, seed: int = 0) -> ml_collections.ConfigDict:
+    """Every section a GPT run reads, so an override of a missing key is an error."""
+    return loop.run_config(seed=seed, train=train or train_config(), optim_cfg=optim or optim_config(),
+                           model=model, data=data, init=transfer_init.init_config())
+
+
+def token_loss(logits: jax.Array, targets: jax.Array, z_loss: float) -> tuple[jax.Array, jax.Array]:
+    """(mean cross-entropy in nats, objective with z-loss) over all tokens."""
+    logz = jax.nn.logsumexp(logits, axis=-1)
+    nll = logz - jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    ce = jnp.mean(nll)
+    return ce, ce + z_loss * jnp.mean(jnp.square(logz))
+
+
+def make_objective(graphdef: Any, bos_id: int, z_loss: float) -> Callable:
+    """(params, tokens) -> (objective, mean cross-entropy)."""
+    def objective(params, tokens):
+        model = nnx.merge(graphdef, params)
+        ce, obj = token_loss(model(with_bos(tokens, bos_id)), tokens, z_loss)
+        return obj, ce
+    return objective
+
+
+def make_train_step(objective: Callable, tx: optax.GradientTransformation, grad_accum: int) -> Callable:
+    """(state, tokens) -> (state, {"loss", "grad_norm"}): gradients summed over `grad_accum`
+    micro-batches in a scan, then one optimizer update."""
+    grad_fn = jax.value_and_grad(objective, has_aux=True)
+
+    def train_step(state, tokens):
+        micro = tokens.reshape(grad_accum, tokens.shape[0] // grad_accum, tokens.shape[1])
+
+        def add(carry, mb):
+            (_, ce), g = grad_fn(state["params"], mb)
+            return jax.tree.map(jnp.add, carry, (ce, g)), None
+
+        zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, state["params"]))
+        (ce, grads), _ = jax.lax.scan(add, zero, micro)
+        ce, grads = ce / grad_accum, jax.tree.map(lambda g: g / grad_accum, grads)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        new = dict(state, params=params, opt_state=opt_state, step=state["step"] + 1)
+        return new, {"loss": ce, "grad_norm": optax.tree.norm(grads)}
+
+    return train_step
+
+
+def new_params(cfg: ml_collections.ConfigDict, vocab_size: int, seq_len: int) -> tuple[Any, Any]:
+    """(graphdef, params) of a fresh model, sharded on the mesh that is set."""
+    return nnx.split(Transformer(cfg.model, vocab_size, seq_len, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
+
+
+class GPTTask:
+    """Trains the transformer of `cfg` (base_config's sections) on `cfg.data`'s token stream."""
+
+    kind = "gpt"
+    optimizers = ("adamw",)
+    units = "tokens"
+
+    def __init__(self, cfg: ml_collections.ConfigDict):
+        self.cfg = cfg
+        self.units_per_row = cfg.data.seq_len
+
+    def check(self) -> None:
+        cfg = self.cfg
+        if cfg.optim.grad_accum < 1 or cfg.train.eval_batches < 1:
+            raise optim.OptimizerError(f"optim.grad_accum={cfg.optim.grad_accum} and train.eval_batches="
+                                       f"{cfg.train.eval_batches} must be at least 1.")
+        check_mode(cfg.init.mode, cfg.init.layers, cfg.model.num_layers)
+
+    def setup(self, run: RunDir, mesh: jax.sharding.Mesh) -> None:
+        cfg = self.cfg
+        shards = sharding.batch_shards(mesh, tuple(cfg.axis_rules))
+        if cfg.train.global_batch % (cfg.optim.grad_accum * shards):
+            raise sharding.MeshError(
+                f"global batch {cfg.train.global_batch} must split into optim.grad_accum={cfg.optim.grad_accum} "
+                f"micro-batches that each divide over {shards} batch shards.")
+        self.tokenizer = pipeline.build_tokenizer(cfg.data, cache_dir=str(run.tokenizer))
+        self.train_data = pipeline.build_dataset(cfg.data, cfg.data.train_split, self.tokenizer)
+        self.eval_data = pipeline.build_dataset(cfg.data, cfg.data.eval_split, self.tokenizer)
+        self.use_vocab(self.tokenizer.vocab_size, mesh)
+
+    def use_vocab(self, vocab_size: int, mesh: jax.sharding.Mesh) -> None:
+        """What the model needs to know of the data; benchmarks call it alone to time steps on random tokens."""
+        self.vocab = vocab_size
+        self.flops_per_unit = flops_per_token(self.cfg.model, vocab_size, self.cfg.data.seq_len)
+        self.mesh = mesh
+
+    def new_state(self, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+        self.graphdef, params = new_params(self.cfg, self.vocab, self.cfg.data.seq_len)
+        return {"params": params}
+
+    def optimizer_masks(self, params: Any) -> tuple[Any, Any]:
+        return transfer_init.param_labels(params, self.cfg.init.mode, self.cfg.init.layers), None
+
+    def initialize(self, state: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
+        init = self.cfg.init
+        if init.mode != SCRATCH:
+            source, _ = restore_params(init.source, sharding.replicated(mesh))
+            state["params"] = transfer_init.transplant(state["params"], source, init.positions)
+        return state
+
+    def meta(self) -> dict[str, Any]:
+        cfg = self.cfg
+        return {"seed": cfg.seed, "data_seed": cfg.data.seed, "seq_len": cfg.data.seq_len, "vocab": self.vocab}
+
+    def rows(self, step: int) -> Any:
+        return self.train_data.batch(step, self.cfg.train.global_batch, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+
+    def make_train_step(self, tx: optax.GradientTransformation) -> Callable:
+        objective = make_objective(self.graphdef, self.vocab, self.cfg.optim.z_loss)
+        self._eval_step = jax.jit(lambda state, tokens: objective(state["params"], tokens)[1])
+        return make_train_step(objective, tx, self.cfg.optim.grad_accum)
+
+    def evaluate(self, state: dict[str, Any]) -> dict[str, float]:
+        """Mean loss (nats/token) over the fixed first train.eval_batches eval batches."""
+        t = self.cfg.train
+        total = 0.0
+        for i in range(t.eval_batches):
+            rows = self.eval_data.batch(i, t.global_batch, process_index=jax.process_index(),
+                                        process_count=jax.process_count(), shuffle=False)
+            total += float(self._eval_step(state, sharding.put_batch(rows, self.mesh, tuple(self.cfg.axis_rules))))
+        return {"loss": total / t.eval_batches}
+
+    def describe(self, metrics: dict[str, float], step: int) -> dict[str, float]:
+        return {"bits_per_token": bits(metrics["loss"]),
+                "tokens_seen": step * self.cfg.train.global_batch * self.cfg.data.seq_len}
+
+    def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, float]) -> None:
+        return None
+
+
+def train(cfg: ml_collections.ConfigDict, workdir: str, info: dict[str, Any] | None = None) -> loop.Outcome:
+    """Trains (or resumes) the run in `workdir`."""
+    return loop.run(GPTTask(cfg), workdir, info=info)

@@ -1,0 +1,318 @@
+"""The one training loop. A task (GPT pretraining or fine-tuning, VQ tokenizer fitting, ...)
+supplies its state, step, batches and evaluation; the loop owns everything runs share:
+
+  the run directory (config written once, resume checks, run.json), the mesh, batch placement,
+  the optimizer and schedule, jit with the state donated, the cadence of logging, evaluation and
+  checkpoints (`due`), metrics read one step late so dispatch stays ahead, the NaN guard,
+  checkpoints with exact resume, SIGTERM / SIGINT (save and stop), metrics.jsonl and progress.
+
+Batch k is a pure function of (data seed, k) and the state is restored bitwise, so a resumed
+run continues exactly where an uninterrupted one would.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import time
+from typing import Any, Callable, Iterator, Protocol
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from igpt import distributed, sharding
+from igpt.training import optim
+from igpt.training.cadence import due
+from igpt.training.checkpoint import Checkpointer
+from igpt.training.metrics import MetricsWriter
+from igpt.training.preemption import PreemptionFlag
+from igpt.training.progress import Progress
+from igpt.training.rundir import RunDir, config_differences, write_json_atomic
+
+# Settings a resume may change without train.accept_config_changes: where and how often, not what.
+RESUMABLE_CHANGES = ("mesh.", "distributed.", "data.data_dir", "train.log_every", "train.eval_every",
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoint",
+                     "train.preemption_check_every", "train.accept_config_changes")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss or gradient became NaN/inf; the last good checkpoint is kept."""
+
+
+class ResumeMismatchError(ValueError):
+    """The workdir holds a run that the given config did not start."""
+
+
+def train_config(steps: int = 1000, global_batch: int = 32, **task_fields: Any) -> ml_collections.ConfigDict:
+    """The loop's section. `task_fields` are settings a task reads (e.g. VQ's augment)."""
+    return ml_collections.ConfigDict(dict(
+        steps=steps, global_batch=global_batch,
+        log_every=10, eval_every=100, checkpoint_every=200, keep_checkpoints=3, async_checkpoint=True,
+        preemption_check_every=10,  # steps between agreeing on a signal across processes
+        accept_config_changes=False,  # resume although the config differs from config.json (recorded)
+        **task_fields))
+
+
+def run_config(*, seed: int = 0, train: ml_collections.ConfigDict, optim_cfg: ml_collections.ConfigDict,
+               **task_sections: Any) -> ml_collections.ConfigDict:
+    """Every section a run has: the loop's (seed, train, optim, mesh, axis_rules, distributed) and
+    the task's, so an override of a missing key is an error."""
+    return ml_collections.ConfigDict(dict(
+        seed=seed, train=train, optim=optim_cfg, mesh=sharding.mesh_config(), axis_rules=sharding.DEFAULT_RULES,
+        distributed=distributed.distributed_config(), **task_sections))
+
+
+class Task(Protocol):
+    """What a task supplies. State is a dict of global arrays; the loop adds "opt_state" and "step"."""
+
+    cfg: ml_collections.ConfigDict
+    kind: str                  # run.json's "task"
+    optimizers: tuple[str, ...]
+    units: str                 # what a batch row is, for throughput: "tokens" or "examples"
+    units_per_row: int
+
+    def check(self) -> None:
+        """Refuse a bad config before the workdir is touched."""
+
+    def setup(self, run: RunDir, mesh: jax.sharding.Mesh) -> None:
+        """Load data (and fit or load a tokenizer into run.tokenizer)."""
+
+    def new_state(self, mesh: jax.sharding.Mesh) -> dict[str, Any]:
+        """Fresh state on `mesh`: "params" and whatever else the step carries."""
+
+    def optimizer_masks(self, params: Any) -> tuple[Any, Any]:
+        """(frozen labels or None, Muon's matrices or None) for these params."""
+
+    def initialize(self, state: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
+        """The state of a run that starts (not resumes): a donor's weights, a codebook from k-means."""
+
+    def meta(self) -> dict[str, Any]:
+        """What a checkpoint must have been written with to resume this run (JSON values)."""
+
+    def rows(self, step: int) -> Any:
+        """This process's rows of global batch `step` (numpy)."""
+
+    def make_train_step(self, tx: optax.GradientTransformation) -> Callable:
+        """(state, batch) -> (state, metrics): a pure function the loop jits with the state donated."""
+
+    def evaluate(self, state: dict[str, Any]) -> dict[str, float]:
+        """Held-out metrics ("loss" first among them)."""
+
+    def describe(self, metrics: dict[str, float], step: int) -> dict[str, float]:
+        """Fields derived from a record's metrics (e.g. bits per token, tokens seen)."""
+
+    def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, float]) -> Any:
+        """After the last step (not after a stop): e.g. save the fitted tokenizer."""
+
+
+@dataclasses.dataclass
+class Outcome:
+    step: int
+    preempted: bool
+    train: dict[str, Any]
+    eval: dict[str, float]
+    result: Any = None
+
+
+def abstract(tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+@contextlib.contextmanager
+def on_mesh(mesh: jax.sharding.Mesh, rules: tuple) -> Iterator[None]:
+    """The mesh and logical-axis rules every model and state of a run is built under."""
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+        yield
+
+
+@dataclasses.dataclass
+class Built:
+    """A task made ready to step: its fresh state, schedule and optimizer, the jitted step
+    (state donated) and batch placement. Benchmarks time `train_step` exactly as runs use it."""
+    state: dict[str, Any]
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation
+    train_step: Callable
+    put: Callable
+
+
+def build(task: Task, mesh: jax.sharding.Mesh) -> Built:
+    """The fresh state and step of a task that is set up; call under on_mesh(mesh, rules)."""
+    cfg = task.cfg
+    schedule = optim.make_schedule(cfg.optim, cfg.train.steps)
+    state = task.new_state(mesh)
+    frozen, matrices = task.optimizer_masks(state["params"])
+    tx = optim.build(cfg.optim, schedule, matrices=matrices, frozen=frozen)
+    state["opt_state"] = jax.jit(tx.init)(state["params"])
+    state["step"] = jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh))
+    rules = tuple(cfg.axis_rules)
+    return Built(state, schedule, tx, jax.jit(task.make_train_step(tx), donate_argnums=0),
+                 lambda rows: sharding.put_batch(rows, mesh, rules))
+
+
+def check_train(t: ml_collections.ConfigDict) -> None:
+    if t.steps < 1 or t.global_batch < 1:
+        raise optim.OptimizerError(f"train.steps={t.steps} and train.global_batch={t.global_batch} must be "
+                                   "positive; e.g. --config.train.steps=1000.")
+
+
+def check_resume(run: RunDir, cfg: ml_collections.ConfigDict) -> tuple[dict[str, Any], list[str]]:
+    """(the config as JSON, its accepted changes to what the run computes); refuses such changes
+    to config.json's unless train.accept_config_changes."""
+    current = json.loads(cfg.to_json_best_effort())
+    saved = run.read_config()
+    if saved is None:
+        return current, []
+    changed = [d for d in config_differences(saved, current) if not d.startswith(RESUMABLE_CHANGES)]
+    if changed and not cfg.train.accept_config_changes:
+        raise ResumeMismatchError(
+            f"{run.root} holds a run started with another config ({'; '.join(changed)}); rerun with its "
+            "config, start in a fresh --workdir, or pass --config.train.accept_config_changes=True to resume "
+            "with the new one (recorded beside config.json).")
+    return current, changed
+
+
+def check_meta(run: RunDir, step: int, saved: dict[str, Any], expected: dict[str, Any]) -> None:
+    bad = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in expected.items() if saved.get(k, v) != v]
+    if bad:
+        raise ResumeMismatchError(
+            f"checkpoint {run.checkpoints / str(step)} was written with {'; '.join(bad)}: resuming would not "
+            "continue that run. Resume with the config that wrote it, or start in a fresh --workdir.")
+
+
+def _check_finite(step: int, metrics: dict[str, float]) -> None:
+    bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
+    if bad:
+        raise NonFiniteLossError(
+            f"non-finite {', '.join(f'{k}={v}' for k, v in bad.items())} at step {step}; stopped. "
+            "The last good checkpoint is kept: lower optim.lr, raise optim.warmup_steps (or for GPT set "
+            "optim.z_loss=1e-4), then rerun to resume from it.")
+
+
+def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outcome:
+    """Trains (or resumes) `task` in `workdir`. `info` (e.g. an experiment's arm and seed) joins run.json."""
+    cfg, t = task.cfg, task.cfg.train
+    check_train(t)
+    optim.check(cfg.optim, task.optimizers)
+    task.check()
+    distributed.maybe_initialize(cfg.distributed)
+    sharding.check_rules(cfg.axis_rules)
+    mesh = sharding.make_mesh(cfg.mesh)
+    rules = tuple(cfg.axis_rules)
+    sharding.check_batch(t.global_batch, mesh, rules)
+    run_dir = RunDir.at(workdir).prepare()
+    config_json, changed = check_resume(run_dir, cfg)
+    is_main = jax.process_index() == 0
+
+    with on_mesh(mesh, rules):
+        task.setup(run_dir, mesh)
+        built = build(task, mesh)
+        state, schedule = built.state, built.schedule
+        ckpt = Checkpointer(run_dir.checkpoints, t.keep_checkpoints, t.async_checkpoint)
+        start = ckpt.latest_step()
+        if start is not None:
+            check_meta(run_dir, start, ckpt.read_meta(start), task.meta())
+            state, _ = ckpt.restore(start, abstract(state))
+            if is_main:
+                print(f"resumed from step {start} of {t.steps} ({run_dir.checkpoints / str(start)})", flush=True)
+        else:
+            state = task.initialize(state, mesh)
+        if is_main:
+            if run_dir.read_config() is None:
+                run_dir.write_config(config_json)
+            elif start is not None and changed:
+                write_json_atomic(run_dir.resumed_config(start), config_json)
+            run_dir.update_info(**(info or {}), task=task.kind, status="running", step=start or 0, steps=t.steps)
+        step_fn, put = built.train_step, built.put
+        loop = _Loop(task, run_dir, ckpt, schedule, is_main, start or 0)
+        try:
+            outcome = loop.steps(state, step_fn, put)
+        except BaseException:
+            if is_main:
+                run_dir.update_info(status="failed", step=loop.step)
+            raise
+        finally:
+            ckpt.close()
+        if not outcome.preempted:
+            outcome.eval = outcome.eval or task.evaluate(loop.state)  # a run resumed at its last step
+            outcome.result = task.finish(loop.state, run_dir, outcome.eval)
+        if is_main:
+            run_dir.update_info(status="preempted" if outcome.preempted else "finished", step=outcome.step)
+        return outcome
+
+
+class _Loop:
+    """The steps from `start` to train.steps, with what each step owes: flush, eval, save, stop."""
+
+    def __init__(self, task: Task, run_dir: RunDir, ckpt: Checkpointer, schedule: optax.Schedule,
+                 is_main: bool, start: int):
+        self.task, self.t, self.ckpt, self.schedule = task, task.cfg.train, ckpt, schedule
+        self.step = start
+        self.state: Any = None  # the latest state, also when a step fails
+        self.writer = MetricsWriter(run_dir.metrics, enabled=is_main)
+        self.progress = Progress(self.t.steps, start, enabled=is_main, tensorboard=run_dir.tensorboard)
+        self.last_train: dict[str, Any] = {}
+        self.last_eval: dict[str, float] = {}
+        self.window = (time.perf_counter(), start)  # (time, step) where the step-time window opened
+
+    def flush(self, step: int, dev_metrics: Any) -> None:
+        """Reads one step's metrics off the device, stops on NaN, writes them when logging is due."""
+        m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
+        _check_finite(step, m)
+        if not due(step, self.t.log_every, self.t.steps):
+            return
+        now = time.perf_counter()
+        dt = (now - self.window[0]) / max(step - self.window[1], 1)
+        self.window = (now, step)
+        units = self.t.global_batch * self.task.units_per_row
+        rec = dict(m, **self.task.describe(m, step), step=step, split="train", lr=float(self.schedule(step - 1)),
+                   step_time=dt, wall_time=time.time(), **{f"{self.task.units}_per_s": units / dt})
+        self.writer.write(rec)
+        self.progress.train(step, rec, flops_per_s=units * getattr(self.task, "flops_per_unit", 0.0) / dt)
+        self.last_train = rec
+
+    def steps(self, state: Any, step_fn: Callable, put: Callable) -> Outcome:
+        t, task = self.t, self.task
+        preempt = PreemptionFlag(t.preemption_check_every)
+        pending = None  # (step, metrics on device): read one step late so dispatch stays ahead
+        stop = False
+        self.state = state
+        try:
+            while self.step < t.steps and not stop:
+                state, dev_metrics = step_fn(state, put(task.rows(self.step)))
+                self.step += 1
+                self.state = state
+                if pending is not None:
+                    self.flush(*pending)
+                pending = (self.step, dev_metrics)
+                stop = preempt.should_stop(self.step)
+                save = due(self.step, t.checkpoint_every, t.steps) or stop
+                evaluate = due(self.step, t.eval_every, t.steps)
+                if save or evaluate:
+                    self.flush(*pending)  # never save or evaluate past an unchecked step
+                    pending = None
+                if evaluate:
+                    self.last_eval = task.evaluate(state)
+                    rec = dict(self.last_eval, **task.describe(self.last_eval, self.step), step=self.step,
+                               split="eval", wall_time=time.time())
+                    self.writer.write(rec)
+                    self.progress.eval(self.step, rec)
+                if save:
+                    self.ckpt.save(self.step, state, dict(task.meta(), step=self.step))
+                if save or evaluate:
+                    self.window = (time.perf_counter(), self.step)  # eval and save time is not step time
+            if pending is not None:
+                self.flush(*pending)
+            self.ckpt.wait()
+            if stop:
+                self.progress.message(f"{preempt.received or 'a signal to another process'}: saved step "
+                                      f"{self.step}; exiting. Rerun the same command to resume.")
+        finally:
+            preempt.restore()
+            self.writer.close()
+            self.progress.close()
+        return Outcome(self.step, stop, self.last_train, self.last_eval)
