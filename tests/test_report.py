@@ -1,4 +1,6 @@
-"""The report over a fake experiment with planted speedups (no jax, no accelerator)."""
+"""The report over fake experiments with planted speedups (no jax, no accelerator): one in
+today's layout (one eval split, 3 seeds) and one in the new (validation and test splits, held-out
+scratch seeds, a learning-rate grid, a control arm, FLOPs per token)."""
 import json
 import math
 import subprocess
@@ -11,11 +13,8 @@ import pytest
 from igpt.commands.report import main
 from igpt.training.metrics import MetricsWriter
 from igpt.training.rundir import RunDir
-from igpt.transfer.arms import SCRATCH, parse_arm
-from igpt.transfer.metrics import ArmResult, Interval, StepsToTarget, TargetResult
+from igpt.transfer.arms import SCRATCH
 from igpt.transfer.report import write_report
-from igpt.transfer.report.analysis import headline_of
-from igpt.transfer.report.render import headline_text
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = np.arange(50, 1001, 50)  # like the trainer: the first eval is after eval_every steps
@@ -31,45 +30,100 @@ def bits_curve(step: np.ndarray, pace: float) -> np.ndarray:
     return np.maximum(5.0 - 0.0025 * pace * step, 2.2)
 
 
-def write_run(path: Path, info: dict, pace: float | None, last_step: int = 1000) -> None:
+def write_run(path: Path, info: dict, paces: dict[str, float] | None, last_step: int = 1000,
+              offsets: dict[str, float] | None = None) -> None:
+    """A run dir: run.json, and per split in `paces` an eval curve at that pace (plus
+    `offsets[split]` bits), with train records."""
     path.mkdir(parents=True)
     RunDir(path).update_info(**info)
-    if pace is None:
+    if paces is None:
         return
     writer = MetricsWriter(RunDir(path).metrics)
     for s in STEPS[STEPS <= last_step]:
-        b = float(bits_curve(s, pace))
         common = {"step": int(s), "tokens_seen": int(s) * TOKENS_PER_STEP, "wall_time": 0.0}
-        writer.write({**common, "split": "eval", "loss": b * math.log(2), "bits_per_token": b})
-        writer.write({**common, "split": "train", "loss": (b + 0.1) * math.log(2),
-                      "bits_per_token": b + 0.1, "lr": 1e-3, "grad_norm": 1.0, "step_time": 0.1,
-                      "tokens_per_s": 1e5})
+        for split, pace in paces.items():
+            b = float(bits_curve(s, pace)) + (offsets or {}).get(split, 0.0)
+            writer.write({**common, "split": split, "loss": b * math.log(2), "bits_per_token": b})
+        b = float(bits_curve(s, next(iter(paces.values())))) + 0.1
+        writer.write({**common, "split": "train", "loss": b * math.log(2), "bits_per_token": b,
+                      "lr": 1e-3, "grad_norm": 1.0, "step_time": 0.1, "tokens_per_s": 1e5})
     writer.close()
 
 
+def arm_dir(exp: Path, arm: str, lr: float, seed: int) -> Path:
+    return exp / "target" / arm.replace("/", "__") / f"lr{lr:g}" / f"seed{seed}"
+
+
 def make_experiment(root: Path) -> Path:
-    """3 seeds x 2 lrs x (scratch + 2 arms); one run with no metrics, one in progress."""
+    """Today's layout: 3 seeds x 2 lrs x (scratch + 2 arms), one "eval" split; one run with no
+    metrics, one in progress."""
     exp = root / "prose_music_to_images"
     exp.mkdir()
     (exp / "experiment.json").write_text(json.dumps({
         "name": "prose_music_to_images", "target": "images16", "sources": ["prose", "music"],
         "arms": list(ARMS), "seeds": list(SEED_PACE), "lrs": [GOOD, BAD], "complete": False}))
     for src in ("prose", "music"):
-        write_run(exp / "sources" / src, {"name": src, "role": "source", "finished": True}, 1.0)
+        write_run(exp / "sources" / src, {"name": src, "role": "source", "source": src,
+                                          "finished": True}, {"eval": 1.0})
     for arm, (k, best) in ARMS.items():
         for lr in (GOOD, BAD):
             for seed, pace in SEED_PACE.items():
-                d = exp / "target" / parse_arm(arm, ["prose", "music"], 2).dirname / f"lr{lr:g}" / f"seed{seed}"
+                d = arm_dir(exp, arm, lr, seed)
                 info = {"name": f"{arm}-{lr:g}-{seed}", "role": "target", "arm": arm, "seed": seed,
                         "lr": lr, "mode": "full", "source": arm.split("/")[0], "finished": True}
                 # The worse rate learns at 60% of the pace: higher final loss.
-                p = pace * k * (1.0 if lr == best else 0.6)
+                p = {"eval": pace * k * (1.0 if lr == best else 0.6)}
                 if arm == "music/frozen_body" and lr == BAD and seed == 1:
                     write_run(d, {**info, "finished": False}, None)          # no metrics yet
                 elif arm == "music/frozen_body" and lr == BAD and seed == 2:
                     write_run(d, {**info, "finished": False}, p, last_step=400)  # in progress
                 else:
                     write_run(d, info, p)
+    return exp
+
+
+# The new layout. Compared seeds, and scratch seeds held out for the targets (slow ones: their
+# worst final loss, 2.875 bits/token, is reached by every compared scratch seed).
+NEW_PACE = {0: 1.0, 1: 1.1, 2: 0.95, 3: 1.05, 4: 0.98}
+HELD_OUT_PACE = {10: 0.9, 11: 0.85}
+LRS = (1e-4, 3e-4, 1e-3)
+FLOPS_PER_TOKEN = 6e6
+# arm: (mode, source, planted speedup, per-seed jitter of that speedup, best rate)
+NEW_ARMS = {
+    SCRATCH: ("scratch", None, 1.0, [1.0] * 5, 3e-4),
+    "prose/full": ("full", "prose", 2.0, [1.0, 1.04, 0.97, 1.02, 0.98], 3e-4),
+    "prose/stats_init": ("stats_init", "prose", 1.25, [0.98, 1.0, 1.03, 0.99, 1.01], 3e-4),
+    "music/full": ("full", "music", 1.0, [0.93, 1.05, 1.0, 0.97, 1.06], 3e-4),
+    "music/frozen_body": ("frozen_body", "music", 0.5, [1.0] * 5, 1e-3),  # never reaches 2.875
+}
+
+
+def lr_paces(lr: float, best: float) -> dict[str, float]:
+    """Validation picks `best`; on test the smallest rate would look best (a trap: choosing on
+    test would pick it)."""
+    return {"validation": 1.0 if lr == best else 0.6, "test": 1.3 if lr == LRS[0] else 1.0 if lr == best else 0.6}
+
+
+def make_new_experiment(root: Path) -> Path:
+    exp = root / "new_layout"
+    exp.mkdir()
+    (exp / "experiment.json").write_text(json.dumps({
+        "name": "new_layout", "target": "images16", "sources": ["prose", "music"],
+        "arms": list(NEW_ARMS), "seeds": list(NEW_PACE), "lrs": list(LRS), "complete": True}))
+    for src in ("prose", "music"):
+        write_run(exp / "sources" / src, {"name": src, "role": "source", "source": src, "finished": True,
+                                          "flops_per_token": FLOPS_PER_TOKEN}, {"validation": 1.0, "test": 1.0})
+    for arm, (mode, source, k, jitter, best) in NEW_ARMS.items():
+        seeds = {**NEW_PACE, **HELD_OUT_PACE} if arm == SCRATCH else NEW_PACE
+        for lr in LRS:
+            for i, (seed, pace) in enumerate(seeds.items()):
+                f = lr_paces(lr, best)
+                j = jitter[i] if i < len(jitter) else 1.0
+                write_run(arm_dir(exp, arm, lr, seed),
+                          {"role": "target", "arm": arm, "seed": seed, "lr": lr, "mode": mode, "source": source,
+                           "finished": True, "flops_per_token": FLOPS_PER_TOKEN},
+                          {split: pace * k * j * f[split] for split in ("validation", "test")},
+                          offsets={"test": 0.02})
     return exp
 
 
@@ -84,39 +138,71 @@ def report(experiment, tmp_path_factory):
     return out, write_report([experiment], out)
 
 
+@pytest.fixture(scope="module")
+def new_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("new_report") / "out"
+    summary = write_report([make_new_experiment(tmp_path_factory.mktemp("new"))], out)
+    return out, summary["experiments"][0]
+
+
 def test_report_files_exist_and_html_is_self_contained(report):
     out, summary = report
     for name in ["report.html", "report.md", "summary.json"] + summary["figures"]:
         assert (out / name).is_file(), name
     assert "prose_music_to_images_eval.png" in summary["figures"]
     assert "prose_music_to_images_train.png" in summary["figures"]
+    assert "prose_music_to_images_speedup_vs_target.png" in summary["figures"]
     page = (out / "report.html").read_text()
     assert page.count("src='data:image/png;base64,iVBORw0KGgo") == len(summary["figures"])
     assert json.loads((out / "summary.json").read_text()) == summary
     assert not list(out.parent.glob(".out.*"))  # no temporary directory left behind
 
 
-def test_planted_speedups_with_intervals(report):
-    _, summary = report
+def test_three_seeds_give_a_range_never_a_95_percent_interval(report):
+    out, summary = report
     (exp,) = summary["experiments"]
     assert exp["status"] == "in progress" and exp["target"] == "images16"
     for arm, (k, _) in ARMS.items():
         if arm == SCRATCH:
             continue
         h = exp["headline"][arm]
-        assert h["reached"] and not h["lower_bound"]
+        assert h["reached"] and h["interval"] == "range" and h["n_censored"] == 0
         assert (h["speedup"], h["lo"], h["hi"]) == pytest.approx((k, k, k), rel=1e-9)
-        assert (h["n_reached"], h["n_seeds"]) == (3, 3)
-    # Lowest default target: the worst scratch seed's final loss (pace 0.9).
-    assert exp["targets"][-1] == pytest.approx(float(bits_curve(1000, 0.9)))
+        assert (h["n_exact"], h["n_reached"], h["n_seeds"]) == (3, 3, 3)
+    md = (out / "report.md").read_text()
+    assert "2.00× (range 2.00–2.00 over 3 seeds) · 3/3 exact" in md
+    assert "95%" not in " ".join(exp["terminal"]) and "95% bootstrap" not in md
 
 
-def test_each_arm_is_compared_at_its_best_lr(report):
+def test_old_runs_say_selection_and_reporting_share_one_split(report):
+    out, summary = report
+    exp = summary["experiments"][0]
+    assert exp["one_split"] and exp["reported_split"] == "eval"
+    assert "These runs wrote one eval split" in (out / "report.md").read_text()
+
+
+def test_without_fixed_or_held_out_targets_they_are_provisional_and_claim_nothing(report):
+    out, summary = report
+    exp = summary["experiments"][0]
+    assert exp["target_source"] == "provisional" and exp["held_out_seeds"] == []
+    # Not the worst scratch seed's final loss (pace 0.9): the seed-mean loss at 80% of the budget.
+    assert exp["targets"][-1] != pytest.approx(float(bits_curve(1000, 0.9)))
+    assert exp["targets"][-1] == pytest.approx(float(np.mean([bits_curve(800, p) for p in SEED_PACE.values()])))
+    for arm in ("prose/full", "music/frozen_body"):
+        claim = exp["headline"][arm]["claim"]
+        assert claim["verdict"] == "no_claim"
+        assert any("compared scratch seeds" in r for r in claim["reasons"])
+        assert any("no control arm ran" in r for r in claim["reasons"])
+    assert "descriptive, not a claim" in (out / "report.md").read_text()
+
+
+def test_each_arm_is_compared_at_its_best_lr_and_a_two_rate_grid_is_all_edge(report):
     _, summary = report
     exp = summary["experiments"][0]
     assert exp["several_lrs"]
     assert {a: c["lr"] for a, c in exp["lr_selection"].items()} == {
         a: best for a, (_, best) in ARMS.items()}
+    assert exp["lr_at_grid_edge"] == sorted(ARMS)
 
 
 def test_table_shows_planted_speedup_and_names_problem_runs(report):
@@ -124,9 +210,9 @@ def test_table_shows_planted_speedup_and_names_problem_runs(report):
     page = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
     for text in (page, md):
-        assert "2.00× [2.00, 2.00] · 3/3 seeds" in text
-        assert "1.50× [1.50, 1.50] · 3/3 seeds" in text
+        assert "1.50× (range 1.50–1.50 over 3 seeds) · 3/3 exact" in text
         assert "IN PROGRESS" in text and "best" in text
+        assert "Effective data transferred" not in text
     no_metrics = "target/music__frozen_body/lr0.0003/seed1 (arm=music/frozen_body, lr=0.0003, seed=1)"
     assert summary["runs_without_metrics"] == [f"prose_music_to_images: {no_metrics}"]
     assert no_metrics in page and no_metrics in md
@@ -135,27 +221,99 @@ def test_table_shows_planted_speedup_and_names_problem_runs(report):
     assert "](prose_music_to_images_eval.png)" in md
 
 
-def test_unreached_target_says_so(experiment, tmp_path):
+def test_unreached_target_is_censored_and_counted(experiment, tmp_path):
     summary = write_report([experiment], tmp_path / "r", targets=[1.0])
-    h = summary["experiments"][0]["headline"]["prose/full"]
-    assert not h["reached"] and h["speedup"] is None
-    assert "not reached (0/3 seeds)" in (tmp_path / "r" / "report.html").read_text()
+    exp = summary["experiments"][0]
+    assert exp["target_source"] == "given"
+    h = exp["headline"]["prose/full"]
+    assert not h["reached"] and h["speedup"] is None and h["n_reached"] == 0
+    assert "no seed gives a ratio" in (tmp_path / "r" / "report.html").read_text()
 
 
-def test_headline_rests_on_the_hardest_target_every_seed_reached():
-    def target(bits, mean, n_reached):
-        return TargetResult(target=bits, steps=StepsToTarget(bits, {}, n_reached, None), speedups={},
-                            n_seeds=3, n_reached=n_reached,
-                            interval=Interval(mean, mean - 0.1, mean + 0.1, n_reached), lower_bound=False)
-    arm = ArmResult(arm="prose/full", seeds=[0, 1, 2], unpaired_seeds=[],
-                    targets=[target(4.9, 0.7, 3), target(4.2, 0.8, 3), target(3.9, 1.01, 1)],
-                    effective_data={}, transferred=None, fraction=None, effective_lower_bound=False)
-    h = headline_of(arm)
-    assert (h.target_bits, h.speedup, h.n_reached) == (4.2, 0.8, 3)
-    assert not h.at_hardest and (h.hardest_bits, h.hardest_n_reached) == (3.9, 1)
-    text = headline_text("prose/full", h, SCRATCH, given=False)
-    assert "0.80× over scratch" in text and "to reach 4.200 bits/token" in text
-    assert "Only 1/3 seeds reached scratch's final loss (3.900 bits/token)" in text
+def test_planted_2x_arm_gives_2x_with_a_t_interval_around_it(new_report):
+    _, exp = new_report
+    h = exp["headline"]["prose/full"]
+    jitter = NEW_ARMS["prose/full"][3]
+    assert h["interval"] == "t" and (h["n_exact"], h["n_seeds"]) == (5, 5)
+    assert h["speedup"] == pytest.approx(2.0 * np.exp(np.mean(np.log(jitter))), rel=1e-9)
+    assert 1.0 < h["lo"] < 2.0 < h["hi"]
+    line = next(t for t in exp["terminal"] if t.startswith("  prose/full:"))
+    assert f"[{h['lo']:.2f}, {h['hi']:.2f}] (95% t-interval, 5 seeds)" in line
+
+
+def test_null_arm_interval_includes_one(new_report):
+    _, exp = new_report
+    h = exp["headline"]["music/full"]
+    assert h["interval"] == "t" and h["lo"] < 1.0 < h["hi"]
+
+
+def test_censored_seeds_are_shown_and_counted_not_dropped(new_report):
+    out, exp = new_report
+    h = exp["headline"]["music/frozen_body"]
+    assert (h["n_seeds"], h["n_exact"], h["n_censored"], h["n_reached"]) == (5, 0, 5, 0)
+    assert h["bound"]["side"] == "at_most" and h["bound"]["value"] < 1.0
+    assert "0/5 exact, 5 arm never reached; over all seeds ≤" in (out / "report.md").read_text()
+    assert any("censored" in r for r in h["claim"]["reasons"])
+
+
+def test_targets_come_from_held_out_scratch_seeds(new_report):
+    _, exp = new_report
+    assert exp["target_source"] == "held_out" and exp["held_out_seeds"] == [10, 11]
+    # The worst held-out seed's final validation loss; no compared seed took part.
+    assert exp["targets"][-1] == pytest.approx(float(bits_curve(1000, min(HELD_OUT_PACE.values()))))
+    assert exp["comparison"]["arms"]["prose/full"]["seeds"] == list(NEW_PACE)
+    assert sorted(int(s) for s in exp["comparison"]["baseline_steps"][0]["per_seed"]) == list(NEW_PACE)
+
+
+def test_rates_are_chosen_on_validation_and_speedups_read_on_test(new_report):
+    _, exp = new_report
+    assert not exp["one_split"] and exp["reported_split"] == "test"
+    assert {a: c["lr"] for a, c in exp["lr_selection"].items()} == {a: v[4] for a, v in NEW_ARMS.items()}
+    assert exp["lr_at_grid_edge"] == ["music/frozen_body"]
+    # Scratch seed 0 (pace 1) reaches the hardest target on test (0.02 bits above validation).
+    target = exp["targets"][-1]
+    steps = exp["comparison"]["baseline_steps"][-1]["per_seed"]["0"]
+    assert steps == pytest.approx((5.0 + 0.02 - target) / 0.0025)
+
+
+def test_flops_speedup_counts_the_source_pretraining(new_report):
+    _, exp = new_report
+    per_seed = exp["comparison"]["arms"]["prose/full"]["targets"][-1]["speedup"]["per_seed"]
+    # Tokens are steps x 4096 for both; the source pretrained 1000 steps at the same FLOPs/token.
+    expected = [s["baseline"] / (s["arm"] + 1000.0) for s in per_seed.values()]
+    h = exp["headline"]["prose/full"]
+    assert h["flops"]["mean"] == pytest.approx(np.exp(np.mean(np.log(expected))), rel=1e-9)
+    assert h["flops"]["mean"] < 1.0 < h["speedup"]  # faster in steps, not end to end
+
+
+def test_transfer_is_claimed_against_the_best_control(new_report):
+    out, exp = new_report
+    assert exp["controls"] == ["prose/stats_init"]
+    h = exp["headline"]["prose/full"]
+    assert h["control"] == "prose/stats_init" and h["claim"] == {"verdict": "transfer", "reasons": []}
+    ratio = np.array(NEW_ARMS["prose/full"][3]) * 2.0 / (np.array(NEW_ARMS["prose/stats_init"][3]) * 1.25)
+    assert h["vs_control"]["mean"] == pytest.approx(np.exp(np.mean(np.log(ratio))), rel=1e-9)
+    # As fast as scratch, slower than the control: no evidence of transfer.
+    assert exp["headline"]["music/full"]["claim"]["verdict"] == "no_evidence"
+    assert exp["headline"]["prose/stats_init"]["claim"] is None            # a control claims nothing
+    assert "Claim for prose/full" in (out / "report.md").read_text()
+
+
+def test_one_shared_rate_cannot_support_a_claim(tmp_path):
+    exp = tmp_path / "one_rate"
+    exp.mkdir()
+    (exp / "experiment.json").write_text(json.dumps({"name": "one_rate", "arms": [SCRATCH, "prose/full"],
+                                                     "seeds": [0, 1], "lrs": [GOOD], "complete": True}))
+    for arm, k in ((SCRATCH, 1.0), ("prose/full", 2.0)):
+        for seed in (0, 1):
+            write_run(arm_dir(exp, arm, GOOD, seed), {"role": "target", "arm": arm, "seed": seed, "lr": GOOD},
+                      {"eval": k})
+    summary = write_report([exp], tmp_path / "r")
+    exp_summary = summary["experiments"][0]
+    assert not exp_summary["several_lrs"] and exp_summary["lr_at_grid_edge"] == []
+    reasons = exp_summary["headline"]["prose/full"]["claim"]["reasons"]
+    assert any("Rothermel" in r for r in reasons)
+    assert "cannot support a transfer claim" in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_single_run_dirs_and_rewrite_in_place(experiment, tmp_path):
@@ -178,7 +336,7 @@ def test_refuses_to_replace_a_directory_that_is_not_a_report(experiment, tmp_pat
 def test_cli_writes_report_and_prints_headline(experiment, tmp_path, capsys):
     assert main([str(experiment), "--out", str(tmp_path / "r"), "--targets", "4.0,3.0"]) == 0
     printed = capsys.readouterr().out
-    assert "prose/full: 2.00x [2.00, 2.00] (3/3 seeds)" in printed
+    assert "prose/full: 2.00x (range 2.00–2.00 over 3 seeds) to 3.000 bits/token; 3/3 seeds reached it" in printed
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["experiments"][0]["targets"] == [4.0, 3.0]
 

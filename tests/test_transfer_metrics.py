@@ -1,4 +1,4 @@
-"""Transfer metrics against planted answers."""
+"""Transfer metrics and arm comparisons against planted answers."""
 import dataclasses
 import json
 import math
@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from igpt.transfer.metrics import (Curve, EffectiveData, bootstrap_interval, compare_arms,
-                                   default_targets, effective_data_transferred, select_best_lr,
-                                   speedup, steps_to_loss)
+from igpt.transfer.comparison import Cost, against_best_control, best_control, compare_arms
+from igpt.transfer.metrics import (Curve, curve_levels, early_stopped, held_out_targets,
+                                   provisional_targets, select_best_lr, speedup, steps_to_loss)
 
 
 def f(t):
@@ -54,7 +54,7 @@ def test_stretched_curve_gives_speedup_k(k, target):
     s = speedup(k * GRID, f(GRID), GRID, f(GRID), target)
     assert s.status == "exact"
     assert s.value == pytest.approx(k, rel=1e-12)
-    assert s.baseline == pytest.approx(k * s.transfer, rel=1e-12)
+    assert s.baseline == pytest.approx(k * s.arm, rel=1e-12)
 
 
 def test_speedup_in_tokens_is_the_same_function():
@@ -63,119 +63,85 @@ def test_speedup_in_tokens_is_the_same_function():
     assert s.value == pytest.approx(2.5, rel=1e-12)
 
 
-def test_speedup_when_transfer_never_reaches():
+def test_speedup_is_an_upper_bound_when_the_arm_never_reaches():
+    # Scratch reaches 2.2 at ~step 660; the arm (f(t / 10)) stops at 3.66 at step 1000.
     s = speedup(GRID, f(GRID), GRID, f(GRID / 10), 2.2)
-    assert (s.status, s.value, s.transfer) == ("not_reached", None, None)
-    assert s.baseline is not None
+    assert (s.status, s.arm) == ("upper_bound", None)
+    assert s.value == pytest.approx(s.baseline / 1000.0)
 
 
 def test_speedup_is_a_lower_bound_when_scratch_never_reaches():
-    # Scratch (f(t / 10)) stops at 3.66 at step 1000; transfer reaches 3.0 at step ~229.
+    # Scratch (f(t / 10)) stops at 3.66 at step 1000; the arm reaches 3.0 at step ~229.
     s = speedup(GRID, f(GRID / 10), GRID, f(GRID), 3.0)
-    t = 250.0 * math.log(3.0)
     assert s.status == "lower_bound" and s.baseline is None
-    assert s.transfer == pytest.approx(t, rel=0.02)
-    assert s.value == pytest.approx(1000.0 / s.transfer, rel=1e-12)
+    assert s.arm == pytest.approx(250.0 * math.log(3.0), rel=0.02)
+    assert s.value == pytest.approx(1000.0 / s.arm, rel=1e-12)
 
 
-def test_speedup_is_a_lower_bound_when_transfer_starts_below_target_after_step_0():
-    # No eval at step 0: the transfer curve is below 4.2 at its first eval (step 50).
+def test_a_crossing_before_the_first_eval_bounds_the_ratio():
+    # No eval at step 0: a curve below 4.2 at its first eval (step 50) got there by then.
     steps = GRID[1:]
-    s = speedup(steps, f(steps), steps, f(steps) - 1.0, 4.2)
     b = steps_to_loss(steps, f(steps), 4.2)
-    assert (s.status, s.transfer) == ("lower_bound", 50.0)
-    assert s.value == pytest.approx(b / 50.0)
+    s = speedup(steps, f(steps), steps, f(steps) - 1.0, 4.2)
+    assert (s.status, s.arm, s.value) == ("lower_bound", 50.0, pytest.approx(b / 50.0))
+    s = speedup(steps, f(steps) - 1.0, steps, f(steps), 4.2)
+    assert (s.status, s.baseline, s.value) == ("upper_bound", 50.0, pytest.approx(50.0 / b))
+    assert speedup(steps, f(steps) - 1.0, steps, f(steps) - 1.0, 4.2).status == "none"
 
 
-def test_speedup_at_start_has_no_ratio():
-    s = speedup(GRID, f(GRID), GRID, f(GRID) - 1.0, 4.5)  # transfer at 4.0 < 4.5 at step 0
-    assert (s.status, s.value) == ("at_start", None)
-    s = speedup(GRID, f(GRID), GRID, f(GRID), 5.5)        # baseline starts below the target
-    assert (s.status, s.value) == ("at_start", None)
+def test_no_ratio_at_step_0_or_when_neither_reaches():
+    s = speedup(GRID, f(GRID), GRID, f(GRID) - 1.0, 4.5)  # the arm at 4.0 < 4.5 at step 0
+    assert (s.status, s.value) == ("none", None)
+    s = speedup(GRID, f(GRID), GRID, f(GRID), 5.5)        # scratch starts below the target
+    assert (s.status, s.value) == ("none", None)
+    assert speedup(GRID, f(GRID), GRID, f(GRID), 1.0).status == "none"  # neither gets there
 
 
-def test_default_targets_span_worst_final_to_early_mean():
+def test_held_out_targets_span_worst_held_out_final_to_early_mean():
     a = np.linspace(5.0, 3.0, 11)        # final 3.0, at 20% (index 2): 4.6
     b = np.linspace(5.4, 3.2, 11)        # final 3.2, at 20%: 4.96
-    assert default_targets([a, b], n=4) == pytest.approx([4.78, 4.78 - 1.58 / 3, 3.2 + 1.58 / 3, 3.2])
-    assert default_targets([a], n=1) == [3.0]
-    assert default_targets([[4.0]], n=4) == [4.0]  # one eval so far: only the final level
-    with pytest.raises(ValueError, match="scratch_losses"):
-        default_targets([])
+    assert held_out_targets([a, b], n=4) == pytest.approx([4.78, 4.78 - 1.58 / 3, 3.2 + 1.58 / 3, 3.2])
+    assert held_out_targets([a], n=1) == [3.0]
+    assert held_out_targets([[4.0]], n=4) == [4.0]  # one eval so far: only the final level
+    with pytest.raises(ValueError, match="one per seed"):
+        held_out_targets([])
 
 
-def power_law(d, d_c=1e6, alpha=0.3):
-    return (d_c / np.asarray(d, dtype=float)) ** alpha
+def test_provisional_targets_are_crossed_mid_run_not_at_a_seeds_last_eval():
+    a = np.linspace(5.0, 3.0, 11)        # at 20%: 4.6, at 80%: 3.4
+    b = np.linspace(5.4, 3.2, 11)        # at 20%: 4.96, at 80%: 3.64
+    levels = provisional_targets([a, b], n=3)
+    assert levels == pytest.approx([4.78, (4.78 + 3.52) / 2, 3.52])
+    assert all(steps_to_loss(np.arange(11), c, levels[-1]) < 10 for c in (a, b))
 
 
-def test_effective_data_transferred_recovers_planted_value():
-    d_f, d_t = 2e6, 5e6
-    # Fine-tuned loss after D tokens = scratch loss after D + D_T (the definition of D_T).
-    ft_tokens = np.linspace(0, d_f, 21)
-    ft_losses = power_law(ft_tokens + d_t)
-    scratch_tokens = np.unique(np.concatenate([np.geomspace(1e4, 1e8, 50), [d_f + d_t]]))
-    e = effective_data_transferred(scratch_tokens, power_law(scratch_tokens), ft_tokens, ft_losses)
-    assert e.reached
-    assert e.fine_tuning_tokens == d_f
-    assert e.effective_tokens == pytest.approx(d_f + d_t, rel=1e-9)
-    assert e.transferred_tokens == pytest.approx(d_t, rel=1e-9)
-    assert e.fraction == pytest.approx(d_t / (d_f + d_t), rel=1e-9)
+def test_curve_levels_cover_scratch_and_every_target():
+    a, b = np.linspace(5.0, 3.0, 11), np.linspace(5.4, 3.2, 11)  # early mean 4.78, final mean 3.1
+    assert curve_levels([a, b], [], n=3) == pytest.approx([4.78, 3.94, 3.1])
+    assert curve_levels([a, b], [2.5, 5.0], n=6) == pytest.approx(list(np.linspace(5.0, 2.5, 6)))
 
 
-def test_effective_data_is_a_lower_bound_when_scratch_never_reaches():
-    d_f, d_t = 2e6, 5e6
-    ft_tokens = np.linspace(0, d_f, 21)
-    scratch_tokens = np.geomspace(1e4, 4e6, 30)  # stops before D_E = 7e6
-    e = effective_data_transferred(scratch_tokens, power_law(scratch_tokens), ft_tokens,
-                                   power_law(ft_tokens + d_t))
-    assert not e.reached
-    assert e.effective_tokens == pytest.approx(4e6)
-    assert e.transferred_tokens == pytest.approx(2e6)
-    assert e.transferred_tokens < d_t
+def test_early_stopping_takes_the_lowest_validation_loss_unless_the_run_diverged():
+    assert early_stopped([4.0, 3.0, 3.2]) == 3.0
+    assert early_stopped([4.0, float("nan"), 3.5]) == 3.5
+    assert early_stopped([4.0, 3.0, float("nan")]) is None
 
 
-def test_effective_data_refuses_a_diverged_run():
-    with pytest.raises(ValueError, match="diverged"):
-        effective_data_transferred([0, 1], [3, 2], [0, 1], [3, float("nan")])
-
-
-def test_bootstrap_interval_contains_mean_and_is_deterministic():
-    values = [1.7, 2.1, 2.4, 1.9]
-    mean, lo, hi = bootstrap_interval(values)
-    assert mean == pytest.approx(np.mean(values))
-    assert lo < mean < hi
-    assert min(values) <= lo and hi <= max(values)
-    assert bootstrap_interval(values) == (mean, lo, hi)
-    many = np.random.default_rng(0).normal(size=20)
-    assert bootstrap_interval(many, seed=1) != bootstrap_interval(many, seed=2)
-    assert bootstrap_interval(values, confidence=0.5)[2] < hi  # narrower at lower confidence
-
-
-def test_bootstrap_interval_degenerates_for_identical_values():
-    assert bootstrap_interval([2.0, 2.0, 2.0]) == (2.0, 2.0, 2.0)
-    assert bootstrap_interval([3.5]) == (3.5, 3.5, 3.5)
-
-
-def test_bootstrap_interval_refuses_missing_values():
-    with pytest.raises(ValueError, match="drop seeds"):
-        bootstrap_interval([1.0, float("nan")])
-    with pytest.raises(ValueError, match="values"):
-        bootstrap_interval([])
-
-
-def test_select_best_lr_per_arm():
+def test_select_best_lr_per_arm_and_flags_the_grid_edge():
     choice = select_best_lr({
-        "scratch": {1e-3: [3.0, 3.2], 3e-4: [3.4, 3.3]},
-        "prose/full": {1e-3: [2.9, float("nan")], 3e-4: [3.1, 3.0], 1e-4: [3.5]},
+        "scratch": {1e-3: [3.0, 3.2], 3e-4: [3.4, 3.3], 1e-4: [3.6, 3.5]},
+        "prose/full": {1e-3: [2.9, None], 3e-4: [3.1, 3.0], 1e-4: [3.5]},
         "music/full": {1e-3: [3.0], 3e-4: [3.0]},   # tie: the smaller rate
+        "noise/full": {1e-3: [3.3]},
     })
-    assert choice["scratch"].lr == 1e-3
-    assert choice["prose/full"].lr == 3e-4  # the diverged rate loses despite a low mean
-    assert choice["music/full"].lr == 3e-4
+    assert (choice["scratch"].lr, choice["scratch"].at_edge) == (1e-3, True)       # the largest
+    assert (choice["prose/full"].lr, choice["prose/full"].at_edge) == (3e-4, False)  # bracketed
+    assert (choice["music/full"].lr, choice["music/full"].at_edge) == (3e-4, True)
+    assert not choice["noise/full"].at_edge  # one rate: no grid, no edge
     scores = {s.lr: s for s in choice["prose/full"].scores}
-    assert scores[1e-3].mean_final is None
-    assert scores[3e-4].mean_final == pytest.approx(3.05) and scores[3e-4].n_seeds == 2
-    with pytest.raises(ValueError, match="no final losses"):
+    assert scores[1e-3].mean_loss is None  # the diverged rate loses despite a low mean
+    assert scores[3e-4].mean_loss == pytest.approx(3.05) and scores[3e-4].n_seeds == 2
+    with pytest.raises(ValueError, match="no losses"):
         select_best_lr({"scratch": {1e-3: []}})
 
 
@@ -190,38 +156,61 @@ def test_compare_arms_pairs_seeds_and_recovers_planted_speedups():
         fast[seed] = _curve(GRID / 2.0, f(c * GRID))          # loss(t) = base(2t)
         slow[seed] = _curve(GRID[:5] / 1.5, f(c * GRID[:5]))  # in progress: up to step ~133
     fast[7] = _curve(GRID, f(GRID))                      # no scratch seed 7: unpaired
-    cmp = compare_arms({"scratch": base, "prose/full": fast, "music/full": slow},
-                       targets=[3.0, 4.0])
-    assert cmp.targets == [4.0, 3.0]
+    cmp = compare_arms({"scratch": base, "prose/full": fast, "music/full": slow}, "scratch",
+                       targets=[3.0, 4.0], curve_levels=[4.5, 3.5, 2.5])
+    assert cmp.targets == [4.0, 3.0] and cmp.curve_levels == [4.5, 3.5, 2.5]
     prose = cmp.arms["prose/full"]
     assert prose.seeds == [0, 1, 2] and prose.unpaired_seeds == [7]
-    for r in prose.targets:
-        assert r.n_reached == r.n_seeds == 3 and not r.lower_bound
-        assert (r.interval.mean, r.interval.lo, r.interval.hi) == pytest.approx((2.0, 2.0, 2.0))
-        assert all(s.status == "exact" for s in r.speedups.values())
+    for r in prose.targets + [prose.curve[0]]:
+        p = getattr(r, "speedup", r)
+        assert p.n_exact == p.n_seeds == 3 and p.n_censored == 0
+        assert (p.estimate.mean, p.estimate.lo, p.estimate.hi) == pytest.approx((2.0, 2.0, 2.0))
+        assert p.estimate.kind == "range"  # three seeds: a range, never a "95%" interval
+    assert prose.targets[0].flops is None  # no costs given: FLOPs unknown
     music = cmp.arms["music/full"].targets
-    assert music[0].n_reached == 3 and music[0].interval.mean == pytest.approx(1.5)
-    assert music[1].n_reached == 0 and music[1].interval is None  # 3.0 not reached yet
+    assert music[0].speedup.n_exact == 3 and music[0].speedup.estimate.mean == pytest.approx(1.5)
+    # 3.0 not reached yet: every seed censored from above, counted, bounded.
+    assert (music[1].speedup.n_upper, music[1].speedup.estimate) == (3, None)
+    assert music[1].speedup.bound.side == "at_most" and music[1].steps.n_reached == 0
     assert cmp.baseline_steps[0].n_reached == 3
-    # D_T: the fast arm ends at scratch's final loss after half the tokens: D_T = D_F.
-    assert not prose.effective_lower_bound
-    for e in prose.effective_data.values():
-        assert e.transferred_tokens == pytest.approx(e.fine_tuning_tokens) and e.fraction == 0.5
     json.dumps(dataclasses.asdict(cmp), allow_nan=False)  # plain data, strict JSON
 
 
-def test_compare_arms_effective_data_on_planted_power_laws():
-    d_t = 3e6
-    scratch_tokens = np.unique(np.concatenate([np.linspace(1e5, 2e7, 200), [1e6 + d_t]]))
-    base = {0: Curve(scratch_tokens / 1e3, scratch_tokens, power_law(scratch_tokens))}
-    ft_tokens = np.linspace(1e5, 1e6, 10)
-    arm = {0: Curve(ft_tokens / 1e3, ft_tokens, power_law(ft_tokens + d_t))}
-    r = compare_arms({"scratch": base, "prose/full": arm}, targets=[1.0]).arms["prose/full"]
-    e: EffectiveData = r.effective_data[0]
-    assert e.reached and e.transferred_tokens == pytest.approx(d_t, rel=1e-9)
-    assert r.transferred.mean == pytest.approx(d_t, rel=1e-9) and not r.effective_lower_bound
+def test_flops_speedup_counts_the_source_pretraining():
+    # The arm is 2x faster in tokens; its source cost as much as half of scratch's tokens to
+    # the target, so end to end it is no faster (1x); without pretraining it would be 2x.
+    tokens_to_target = steps_to_loss(GRID * 1024, f(GRID), 3.0)
+    base = {s: _curve(GRID, f(GRID)) for s in range(2)}
+    arm = {s: _curve(GRID / 2.0, f(GRID)) for s in range(2)}
+    costs = {"scratch": Cost(6.0, 0.0), "prose/full": Cost(6.0, 6.0 * tokens_to_target / 2),
+             "music/full": Cost(0.0, 0.0)}
+    cmp = compare_arms({"scratch": base, "prose/full": arm, "music/full": arm}, "scratch", [3.0],
+                       costs=costs)
+    r = cmp.arms["prose/full"].targets[0]
+    assert r.speedup.estimate.mean == pytest.approx(2.0)
+    assert r.flops.estimate.mean == pytest.approx(1.0) and r.flops.n_exact == 2
+    assert cmp.arms["music/full"].targets[0].flops is None  # FLOPs per token unknown
 
 
-def test_compare_arms_needs_the_baseline():
+def test_transfer_is_stated_against_the_best_control():
+    base = {s: _curve(GRID, f(GRID)) for s in range(3)}
+    stats = {s: _curve(GRID / 1.5, f(GRID)) for s in range(3)}    # a control 1.5x faster
+    mimetic = {s: _curve(GRID / 1.2, f(GRID)) for s in range(3)}  # a weaker control
+    arm = {s: _curve(GRID / 3.0, f(GRID)) for s in range(3)}      # 3x scratch, 2x the control
+    curves = {"scratch": base, "prose/stats_init": stats, "mimetic": mimetic, "prose/full": arm}
+    cmp = compare_arms(curves, "scratch", [4.0, 3.0])
+    controls = ["prose/stats_init", "mimetic"]
+    assert best_control(cmp, controls, 0) == "prose/stats_init"
+    vs = against_best_control(curves, cmp, controls)
+    assert list(vs) == ["prose/full"]  # controls are not stated against themselves
+    for r in vs["prose/full"]:
+        assert r.control == "prose/stats_init" and r.speedup.estimate.mean == pytest.approx(2.0)
+    assert against_best_control(curves, cmp, []) == {}
+    assert best_control(cmp, [], 0) is None
+
+
+def test_compare_arms_needs_the_baseline_and_targets():
     with pytest.raises(ValueError, match="baseline arm 'scratch'"):
-        compare_arms({"prose/full": {0: _curve(GRID, f(GRID))}})
+        compare_arms({"prose/full": {0: _curve(GRID, f(GRID))}}, "scratch", [3.0])
+    with pytest.raises(ValueError, match="targets is empty"):
+        compare_arms({"scratch": {0: _curve(GRID, f(GRID))}}, "scratch", [])

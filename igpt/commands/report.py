@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="report directory (replaced whole)")
     parser.add_argument("--log-x", action="store_true", help="log-scale step/token axes")
     parser.add_argument("--targets", type=_targets, default=None,
-                        help="eval losses in bits/token to time, e.g. 3.2,3.0 (default: from "
-                             "the scratch arm's curve)")
+                        help="losses in bits/token fixed in advance, e.g. 3.2,3.0 (default: from "
+                             "held-out scratch seeds, else provisionally from the compared ones)")
     args = parser.parse_args(argv)
     if args.targets is not None and not args.targets:
         parser.error("--targets is empty; give losses in bits/token, e.g. 3.2,3.0")

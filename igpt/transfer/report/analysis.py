@@ -1,65 +1,82 @@
-"""What an experiment's runs say: each arm at its best rate, compared with scratch by seed.
+"""What an experiment's runs say: each arm at its best rate against scratch and against the best
+control, by seed, and what the headline can claim.
 
-Typed results from igpt.transfer.metrics all the way to the JSON boundary (publish.py).
+Selection (learning rates, early stopping, targets) reads validation curves; every reported
+speedup reads test curves (runs with one "eval" split use it for both, and the report says so).
+Typed results from igpt.transfer.{metrics, intervals, comparison} all the way to the JSON
+boundary (publish.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from igpt.transfer.arms import SCRATCH
-from igpt.transfer.metrics import ArmResult, Comparison, Interval, LrChoice, compare_arms, select_best_lr
+from igpt.transfer.comparison import (Comparison, ControlResult, Cost, against_best_control,
+                                      compare_arms)
+from igpt.transfer.intervals import MIN_SEEDS_FOR_T, Bound, Estimate, Pooled
+from igpt.transfer.metrics import (LrChoice, curve_levels, early_stopped, held_out_targets,
+                                   provisional_targets, select_best_lr)
 from igpt.transfer.report.collect import Experiment, Run
+
+# run.json "mode" of the control arms: what a transfer arm must beat (the statistics of the
+# source's weights, its unigram statistics, a structured init, a frozen random body).
+CONTROL_MODES = ("stats_init", "shuffled_source", "mimetic", "frozen_random")
+
+# given: report.targets (fixed in advance); held_out: from scratch seeds no comparison uses;
+# provisional: from the compared scratch seeds themselves (descriptive only).
+TargetSource = Literal["given", "held_out", "provisional"]
+Verdict = Literal["transfer", "negative", "no_evidence", "no_claim"]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What an arm's headline supports: "transfer" (the 95% t-intervals of its speedup over
+    scratch and over the best control both lie above 1), "negative" (over scratch, below 1),
+    "no_evidence" (otherwise), or "no_claim", with `reasons` saying why nothing can be said."""
+    verdict: Verdict
+    reasons: list[str]
 
 
 @dataclass(frozen=True)
 class Headline:
-    """One arm in one line: its speedup at the hardest target every seed reached.
+    """One arm at the hardest target (the lowest loss; never an easier one chosen afterwards).
 
-    `at_hardest` False: some seeds reached the hardest target (`hardest_bits`) and some did
-    not, so the headline rests on an easier one; `hardest_n_reached` says how many did.
-    `reached` False: not even that (speedup, lo and hi are None)."""
+    `estimate` is its speedup over scratch in steps over the exact seeds (None: no seed gave a
+    ratio); `n_reached` seeds of `n_seeds` brought the arm to the target, `n_censored` have
+    only a bound, and `bound` bounds the all-seed mean. `flops` is the speedup in total FLOPs
+    counting the source's pretraining (None: unknown); `vs_control` the speedup over the best
+    control `control`; `claim` None for a control arm."""
     target_bits: float
-    reached: bool
-    speedup: float | None
-    lo: float | None
-    hi: float | None
-    lower_bound: bool
-    n_reached: int
+    target_source: TargetSource
+    estimate: Estimate | None
     n_seeds: int
-    at_hardest: bool
-    hardest_bits: float
-    hardest_n_reached: int
-    transferred_tokens: Interval | None
-    transferred_fraction: Interval | None
-    transferred_lower_bound: bool
-
-
-def headline_of(arm: ArmResult) -> Headline:
-    """The arm at the hardest target that every seed reached (scratch's final loss, by default,
-    when they all did), so a headline never rests on the few seeds that got furthest."""
-    hardest = arm.targets[-1]
-    all_seeds = [r for r in arm.targets if r.interval is not None and r.n_reached == r.n_seeds]
-    r = all_seeds[-1] if all_seeds else hardest
-    iv = r.interval
-    return Headline(
-        target_bits=r.target, reached=iv is not None, speedup=iv.mean if iv else None,
-        lo=iv.lo if iv else None, hi=iv.hi if iv else None, lower_bound=r.lower_bound,
-        n_reached=r.n_reached, n_seeds=r.n_seeds, at_hardest=r is hardest,
-        hardest_bits=hardest.target, hardest_n_reached=hardest.n_reached,
-        transferred_tokens=arm.transferred, transferred_fraction=arm.fraction,
-        transferred_lower_bound=arm.effective_lower_bound)
+    n_reached: int
+    n_exact: int
+    n_censored: int
+    bound: Bound | None
+    flops: Estimate | None
+    control: str | None
+    vs_control: Estimate | None
+    claim: Claim | None
 
 
 @dataclass
 class Analysis:
-    """One experiment, analysed. `choice` is each arm's learning rate, `chosen` its runs with
-    eval metrics at that rate by seed; `comparison` is None until scratch has eval metrics."""
+    """One experiment, analysed. `choice` is each arm's learning rate; `chosen` its compared runs
+    at that rate with test metrics, by seed; `held_out` the scratch seeds kept for targets;
+    `comparison` is None until scratch has test metrics; `vs_control` each transfer arm against
+    the best control per target (empty without controls)."""
     experiment: Experiment
     choice: dict[str, LrChoice]
     chosen: dict[str, dict[int, Run]]
+    held_out: dict[int, Run]
+    targets: list[float]
+    target_source: TargetSource | None
+    controls: list[str]
     comparison: Comparison | None
-    several_lrs: bool
-    targets_given: bool
+    vs_control: dict[str, list[ControlResult]]
+    one_split: bool
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -68,25 +85,136 @@ class Analysis:
         return self.comparison.targets if self.comparison else []
 
     @property
+    def report_split(self) -> str:
+        return "eval" if self.one_split else "test"
+
+    @property
+    def several_lrs(self) -> bool:
+        return any(len(by_lr) > 1 for by_lr in self.experiment.grid.values())
+
+    @property
+    def edge_arms(self) -> list[str]:
+        """Arms whose best rate is the smallest or largest of their grid."""
+        return [arm for arm, c in sorted(self.choice.items()) if c.at_edge]
+
+    def claim_reasons(self, arm: str, pooled: Pooled, control: ControlResult | None) -> list[str]:
+        """Why the arm's headline cannot support a transfer claim (none: it can)."""
+        reasons = []
+        if self.target_source == "provisional":
+            reasons.append("the targets come from the compared scratch seeds (set report.targets "
+                           "or hold out scratch seeds)")
+        if self.one_split:
+            reasons.append("selection and reporting share one eval split")
+        if not self.several_lrs:
+            reasons.append("every arm ran one learning rate; a shared rate can fake or hide "
+                           "transfer (Rothermel et al. 2021)")
+        edge = [a for a in self.edge_arms if a in (arm, SCRATCH, control and control.control)]
+        if edge:
+            reasons.append(f"at the edge of its learning-rate grid: {', '.join(edge)}")
+        for name, p in ((SCRATCH, pooled),) + (((control.control, control.speedup),) if control else ()):
+            if p.n_exact < MIN_SEEDS_FOR_T:
+                reasons.append(f"{p.n_exact} seeds give a ratio over {name} (a 95% interval needs "
+                               f"{MIN_SEEDS_FOR_T})")
+            if p.n_seeds - p.n_exact:
+                reasons.append(f"{p.n_seeds - p.n_exact}/{p.n_seeds} seeds against {name} are "
+                               "censored or have no ratio")
+        if control is None:
+            reasons.append(f"no control arm ran (modes {', '.join(CONTROL_MODES)})")
+        return reasons
+
+    def claim(self, arm: str, pooled: Pooled, control: ControlResult | None) -> Claim:
+        reasons = self.claim_reasons(arm, pooled, control)
+        if reasons:
+            return Claim("no_claim", reasons)
+        scratch, best = pooled.estimate, control.speedup.estimate
+        if scratch.lo > 1.0 and best.lo > 1.0:
+            return Claim("transfer", [])
+        return Claim("negative" if scratch.hi < 1.0 else "no_evidence", [])
+
+    @property
     def headlines(self) -> dict[str, Headline]:
-        arms = self.comparison.arms if self.comparison else {}
-        return {a: headline_of(r) for a, r in arms.items()}
+        if self.comparison is None:
+            return {}
+        out = {}
+        for arm, r in self.comparison.arms.items():
+            t = r.targets[-1]
+            p = t.speedup
+            control = self.vs_control[arm][-1] if arm in self.vs_control else None
+            out[arm] = Headline(
+                target_bits=t.target, target_source=self.target_source, estimate=p.estimate,
+                n_seeds=p.n_seeds, n_reached=p.n_arm_reached, n_exact=p.n_exact,
+                n_censored=p.n_censored, bound=p.bound, flops=t.flops and t.flops.estimate,
+                control=control and control.control, vs_control=control and control.speedup.estimate,
+                claim=None if arm in self.controls else self.claim(arm, p, control))
+        return out
+
+
+def _cost(exp: Experiment, runs: list[Run]) -> Cost | None:
+    """An arm's FLOPs per token (run.json) and its source's pretraining FLOPs (source run's
+    tokens seen x its FLOPs per token); None when unknown: 0 per token, seeds that differ, or
+    no source run with known FLOPs."""
+    per_token = {r.flops_per_token for r in runs}
+    names = {r.info.get("source") for r in runs}
+    if len(per_token) != 1 or len(names) != 1 or min(per_token) <= 0:
+        return None
+    (name,) = names
+    if name is None:
+        return Cost(min(per_token), 0.0)
+    source = exp.source_run(name)
+    before = source.tokens_seen * source.flops_per_token if source else 0.0
+    return Cost(min(per_token), before) if before > 0 else None
+
+
+def _choose_targets(given: list[float] | None, held_out: dict[int, Run],
+                    scratch: dict[int, Run]) -> tuple[list[float], TargetSource | None]:
+    if given is not None:
+        return sorted(given, reverse=True), "given"
+    held = [r.validation.losses for r in held_out.values() if r.validation is not None]
+    if held:
+        return held_out_targets(held), "held_out"
+    compared = [r.validation.losses for r in scratch.values() if r.validation is not None]
+    if compared:
+        return provisional_targets(compared), "provisional"
+    return [], None
 
 
 def analyse(exp: Experiment, targets: list[float] | None) -> Analysis:
-    """Each arm at its best learning rate, then every arm against scratch at `targets`
-    (bits/token; default: igpt.transfer.metrics.default_targets of scratch)."""
-    finals = {arm: {lr: [r.eval.losses[-1] for r in seeds.values() if r.eval is not None]
-                    for lr, seeds in by_lr.items()} for arm, by_lr in exp.grid.items()}
-    finals = {arm: {lr: f for lr, f in by_lr.items() if f} for arm, by_lr in finals.items()}
-    choice = select_best_lr({a: f for a, f in finals.items() if f})
-    chosen = {arm: {s: r for s, r in exp.grid[arm][c.lr].items() if r.eval is not None}
-              for arm, c in choice.items()}
-    several_lrs = any(len(by_lr) > 1 for by_lr in exp.grid.values())
-    comparison, notes = None, []
-    if chosen.get(SCRATCH):
-        curves = {arm: {s: r.eval for s, r in seeds.items()} for arm, seeds in chosen.items()}
-        comparison = compare_arms(curves, SCRATCH, targets)
-    else:
-        notes.append(f"No speedups yet: the baseline arm {SCRATCH!r} has no eval metrics.")
-    return Analysis(exp, choice, chosen, comparison, several_lrs, targets is not None, notes)
+    """Each arm at its best learning rate on validation (compared seeds only), targets from
+    `targets` (bits/token), else held-out scratch seeds, else (provisionally) the compared
+    scratch seeds; then every arm against scratch and against the best control on test."""
+    held = set(exp.held_out_seeds)
+    compared = {arm: {lr: {s: r for s, r in seeds.items() if arm != SCRATCH or s not in held}
+                      for lr, seeds in by_lr.items()} for arm, by_lr in exp.grid.items()}
+    losses = {arm: {lr: [early_stopped(r.validation.losses) for r in seeds.values() if r.validation]
+                    for lr, seeds in by_lr.items()} for arm, by_lr in compared.items()}
+    choice = select_best_lr({a: {lr: v for lr, v in by_lr.items() if v} for a, by_lr in losses.items()
+                             if any(by_lr.values())})
+    listed = [str(a) for a in exp.meta.get("arms", [])]
+    order = sorted(choice, key=lambda a: (listed.index(a) if a in listed else len(listed), a))
+    chosen = {arm: {s: r for s, r in sorted(compared[arm][choice[arm].lr].items()) if r.test is not None}
+              for arm in order}
+    scratch_lr = choice[SCRATCH].lr if SCRATCH in choice else None
+    held_out = {s: r for s, r in exp.grid.get(SCRATCH, {}).get(scratch_lr, {}).items() if s in held}
+    levels, source = _choose_targets(targets, held_out, chosen.get(SCRATCH, {}))
+    one_split = any(r.one_split for by_lr in exp.grid.values() for seeds in by_lr.values()
+                    for r in seeds.values())
+    controls = sorted(arm for arm, runs in chosen.items()
+                      if any(r.info.get("mode") in CONTROL_MODES for r in runs.values()))
+    notes: list[str] = []
+    if held and not held_out and scratch_lr is not None:
+        notes.append(f"Held-out scratch seeds {sorted(held)} have no validation metrics at "
+                     f"scratch's chosen rate ({scratch_lr:g}): targets do not come from them.")
+    if not chosen.get(SCRATCH) or not levels:
+        notes.append(f"No speedups yet: the baseline arm {SCRATCH!r} has no test and validation metrics.")
+        return Analysis(exp, choice, chosen, held_out, levels, source, controls, None, {}, one_split, notes)
+    costs = {arm: c for arm, runs in chosen.items() if (c := _cost(exp, list(runs.values())))}
+    unknown = set(chosen) - set(costs)
+    if unknown:
+        notes.append(f"No FLOPs speedup for {', '.join(sorted(unknown))}: run.json lacks "
+                     "flops_per_token, or the source's pretraining run was not found.")
+    curves = {arm: {s: r.test for s, r in runs.items()} for arm, runs in chosen.items() if runs}
+    scratch_validation = [r.validation.losses for r in chosen[SCRATCH].values() if r.validation]
+    comparison = compare_arms(curves, SCRATCH, levels,
+                              curve_levels(scratch_validation, levels) if scratch_validation else levels, costs)
+    return Analysis(exp, choice, chosen, held_out, comparison.targets, source, controls, comparison,
+                    against_best_control(curves, comparison, controls), one_split, notes)

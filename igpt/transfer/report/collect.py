@@ -15,23 +15,34 @@ from typing import Any, Sequence
 
 from igpt.training.metrics import bits, read_metrics
 from igpt.training.rundir import METRICS_FILE, RUN_INFO_FILE, RunDir
+from igpt.transfer.arms import SCRATCH
 from igpt.transfer.metrics import Curve
 
 EXPERIMENT_FILE = "experiment.json"
 
 
+# The splits a trainer writes eval records under: "validation" (selection) and "test"
+# (reporting); older runs wrote one "eval" split, used for both.
+VALIDATION, TEST, ONE_SPLIT = "validation", "test", "eval"
+
+
 @dataclass
 class Run:
-    """One run directory: who it is (run.json), its curves in bits/token, and its state."""
+    """One run directory: who it is (run.json), its curves in bits/token, and its state.
+
+    `validation` chooses (learning rates, early stopping, targets) and `test` reports; a run
+    that wrote only "eval" records has that one curve as both (`one_split`)."""
     path: Path
     label: str
     info: dict[str, Any]
-    eval: Curve | None
+    validation: Curve | None
+    test: Curve | None
     train: Curve | None
+    one_split: bool
 
     @property
     def status(self) -> str:
-        if self.eval is None and self.train is None:
+        if self.validation is None and self.test is None and self.train is None:
             return "no metrics"
         if not self.info:
             return "unknown (no run.json)"
@@ -39,13 +50,24 @@ class Run:
 
     @property
     def last_step(self) -> int | None:
-        ends = [c.steps[-1] for c in (self.eval, self.train) if c is not None]
+        ends = [c.steps[-1] for c in (self.validation, self.test, self.train) if c is not None]
         return int(max(ends)) if ends else None
 
     @property
-    def final_eval_bits(self) -> float | None:
-        """The last eval loss, None when there is none or it is not finite."""
-        last = self.eval.losses[-1] if self.eval else None
+    def tokens_seen(self) -> float:
+        """The most tokens any of its records counts (0 with none)."""
+        return max([float(c.tokens[-1]) for c in (self.validation, self.test, self.train) if c is not None],
+                   default=0.0)
+
+    @property
+    def flops_per_token(self) -> float:
+        """Training FLOPs per token from run.json (0: unknown)."""
+        return float(self.info.get("flops_per_token") or 0.0)
+
+    @property
+    def final_test_bits(self) -> float | None:
+        """The last test loss, None when there is none or it is not finite."""
+        last = self.test.losses[-1] if self.test else None
         return float(last) if last is not None and math.isfinite(last) else None
 
     def describe(self) -> str:
@@ -67,8 +89,10 @@ def _curve_of(records: list[dict[str, Any]], split: str, path: Path) -> Curve | 
 
 def read_run(path: Path, label: str) -> Run:
     records = read_metrics(path)
-    return Run(path, label, RunDir(path).read_info(), _curve_of(records, "eval", path),
-               _curve_of(records, "train", path))
+    validation, test = _curve_of(records, VALIDATION, path), _curve_of(records, TEST, path)
+    one = _curve_of(records, ONE_SPLIT, path) if validation is None and test is None else None
+    return Run(path, label, RunDir(path).read_info(), validation or one, test or one,
+               _curve_of(records, "train", path), one is not None)
 
 
 def _walk(root: Path, name: str) -> list[Path]:
@@ -139,6 +163,22 @@ class Experiment:
     @property
     def status(self) -> str:
         return "complete" if self.complete else "in progress"
+
+    @property
+    def held_out_seeds(self) -> list[int]:
+        """Scratch seeds held out of every comparison, to choose targets from: seeds the scratch
+        arm ran that no other arm ran and experiment.json's "seeds" (the seeds every arm runs)
+        does not list. None while scratch is the only arm."""
+        others = {s for arm, by_lr in self.grid.items() if arm != SCRATCH for seeds in by_lr.values()
+                  for s in seeds}
+        if not others:
+            return []
+        listed = {int(s) for s in self.meta.get("seeds", [])}
+        return sorted({s for seeds in self.grid.get(SCRATCH, {}).values() for s in seeds} - others - listed)
+
+    def source_run(self, source: str) -> Run | None:
+        """The pretraining run of `source` (its run.json "source"), None if there is none."""
+        return next((r for r in self.sources if r.info.get("source") == source), None)
 
     def runs_with(self, status: str) -> list[Run]:
         return [r for r in self.runs if r.status == status]

@@ -1,4 +1,5 @@
-"""Loss curves as PNG bytes: per group, the mean over seeds with a min-max band."""
+"""The report's figures as PNG bytes: loss curves (per group, the mean over seeds with a min-max
+band) and each arm's speedup against the target loss."""
 from __future__ import annotations
 
 import io
@@ -8,6 +9,7 @@ from typing import Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter
 
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.metrics import Curve
@@ -69,6 +71,10 @@ def _plot(title: str, panels: list[Panel], log_x: bool, hlines: Sequence[float] 
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.suptitle(title, fontsize=11)
+    return _png(fig)
+
+
+def _png(fig: Figure) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -79,38 +85,80 @@ def _steps_and_tokens(split: str, groups: dict[str, list[Curve]]) -> list[Panel]
     return [("steps", ylabel, groups), ("tokens", ylabel, groups)]
 
 
+def _speedup_vs_target(a: Analysis) -> bytes:
+    """Per arm, the geometric-mean speedup over scratch at each level (line) with its interval
+    or range (band); hollow markers where some seeds are censored or have no ratio."""
+    fig = Figure(figsize=(7.5, 4.5), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    levels = np.asarray(a.comparison.curve_levels)
+    for i, (arm, r) in enumerate(a.comparison.arms.items()):
+        est = [p.estimate for p in r.curve]
+        mean = np.array([e.mean if e else np.nan for e in est])
+        lo = np.array([e.lo if e and e.lo is not None else np.nan for e in est])
+        hi = np.array([e.hi if e and e.hi is not None else np.nan for e in est])
+        full = np.array([p.n_exact == p.n_seeds for p in r.curve])
+        color = f"C{i % 10}"
+        ax.plot(levels, mean, color=color, lw=1.4, label=arm)
+        ax.fill_between(levels, lo, hi, color=color, alpha=0.15, lw=0)
+        ax.scatter(levels[full], mean[full], color=color, s=18)
+        ax.scatter(levels[~full], mean[~full], facecolors="none", edgecolors=color, s=18)
+    ax.axhline(1.0, color="black", lw=0.8)
+    for t in a.levels:
+        ax.axvline(t, color="grey", ls=":", lw=0.8)
+    ax.set_yscale("log")
+    times = FuncFormatter(lambda v, _: f"{v:g}×")
+    ax.yaxis.set_major_formatter(times)
+    ax.yaxis.set_minor_formatter(times)
+    ax.invert_xaxis()
+    ax.set_xlabel(f"target {a.report_split} bits/token (harder to the right)")
+    ax.set_ylabel(f"speedup over {SCRATCH} (× fewer steps)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{a.experiment.target}: speedup over {SCRATCH} against the target loss", fontsize=11)
+    return _png(fig)
+
+
 def experiment_charts(a: Analysis, slug: str, log_x: bool) -> list[Chart]:
-    """Eval and train curves per arm at its chosen rate, then the sources' pretraining."""
+    """Reported and train curves per arm at its chosen rate, the speedup against the target
+    loss, then the sources' pretraining."""
     charts = []
     order = sorted(a.chosen, key=lambda arm: (arm != SCRATCH, arm))
-    for split in ("eval", "train"):
-        labels = {arm: f"{arm} (lr {a.choice[arm].lr:g}, {len(a.chosen[arm])} seeds)" for arm in order}
-        groups = {labels[arm]: [getattr(r, split) for r in a.chosen[arm].values()
-                                if getattr(r, split) is not None] for arm in order}
+    labels = {arm: f"{arm} (lr {a.choice[arm].lr:g}, {len(a.chosen[arm])} seeds)" for arm in order}
+    for split, attr in ((a.report_split, "test"), ("train", "train")):
+        groups = {labels[arm]: [getattr(r, attr) for r in a.chosen[arm].values()
+                                if getattr(r, attr) is not None] for arm in order}
         groups = {k: v for k, v in groups.items() if v}
         if groups:
-            hlines = a.levels if split == "eval" else []
+            hlines = a.levels if attr == "test" else []
             title = (f"{a.experiment.target}: {split} loss per arm (mean, band = min–max over "
                      "seeds)" + ("; dotted = targets" if hlines else ""))
             charts.append(Chart(f"{slug}_{split}.png", title,
                                 _plot(title, _steps_and_tokens(split, groups), log_x, hlines,
                                       baseline=labels.get(SCRATCH))))
-    groups = {str(r.info.get("name", r.label)): [r.eval] for r in a.experiment.sources
-              if r.eval is not None}
+    if a.comparison and a.comparison.arms:
+        title = (f"{a.experiment.target}: speedup over {SCRATCH} against the target loss "
+                 "(geometric mean; band = 95% t-interval, or range below 5 seeds; hollow = some "
+                 "seeds censored; dotted = targets)")
+        charts.append(Chart(f"{slug}_speedup_vs_target.png", title, _speedup_vs_target(a)))
+    groups = {str(r.info.get("name", r.label)): [r.test] for r in a.experiment.sources
+              if r.test is not None}
     if groups:
-        title = "Pretraining (sources): eval loss on each source's own data"
+        title = "Pretraining (sources): held-out loss on each source's own data"
         charts.append(Chart(f"{slug}_sources.png", title,
-                            _plot(title, [("steps", "eval bits/token", groups)], log_x)))
+                            _plot(title, [("steps", "held-out bits/token", groups)], log_x)))
     return charts
 
 
 def run_charts(runs: list[Run], slug: str, log_x: bool) -> list[Chart]:
-    """Eval and train curves of loose runs, one line each."""
+    """Test and train curves of loose runs, one line each."""
     charts = []
-    for split in ("eval", "train"):
+    for split in ("test", "train"):
         groups = {r.describe(): [getattr(r, split)] for r in runs if getattr(r, split) is not None}
         if groups:
-            title = f"{split} loss per run"
+            title = f"{split} loss per run" + (" (eval: one split)" if split == "test" and
+                                                any(r.one_split for r in runs) else "")
             charts.append(Chart(f"{slug}_{split}.png", title,
                                 _plot(title, _steps_and_tokens(split, groups), log_x)))
     return charts

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from igpt.transfer.arms import SCRATCH
-from igpt.transfer.report.analysis import Analysis, analyse
+from igpt.transfer.report.analysis import Analysis, Headline, analyse
 from igpt.transfer.report.collect import Run, discover, read_experiment, read_run
 from igpt.transfer.report.figures import experiment_charts, run_charts
-from igpt.transfer.report.render import Section, experiment_section, render_html, render_md, runs_section
+from igpt.transfer.report.render import (Section, experiment_section, render_html, render_md, runs_section,
+                                         terminal_lines)
 
 SUMMARY_FILE = "summary.json"
 UNITS = "bits/token"
@@ -37,7 +38,15 @@ def _slug(name: str, taken: set[str]) -> str:
 
 def _run_row(run: Run) -> dict[str, Any]:
     return {"path": str(run.path), "label": run.label, "name": run.info.get("name"),
-            "status": run.status, "last_step": run.last_step, "final_eval_bits": run.final_eval_bits}
+            "status": run.status, "last_step": run.last_step, "final_test_bits": run.final_test_bits,
+            "one_split": run.one_split}
+
+
+def _headline_json(h: Headline) -> dict[str, Any]:
+    """The headline, its speedup over scratch also flat (reached, speedup, lo, hi, interval)."""
+    e = h.estimate
+    return {**dataclasses.asdict(h), "reached": e is not None, "speedup": e and e.mean,
+            "lo": e and e.lo, "hi": e and e.hi, "interval": e and e.kind}
 
 
 def _experiment_summary(a: Analysis) -> dict[str, Any]:
@@ -45,10 +54,14 @@ def _experiment_summary(a: Analysis) -> dict[str, Any]:
     return {
         "name": exp.name, "dir": str(exp.dir), "target": exp.target, "sources": exp.source_names,
         "status": exp.status, "complete": exp.complete, "baseline": SCRATCH, "units": UNITS,
-        "targets": a.levels, "targets_given": a.targets_given, "several_lrs": a.several_lrs,
+        "targets": a.levels, "target_source": a.target_source, "held_out_seeds": sorted(a.held_out),
+        "one_split": a.one_split, "reported_split": a.report_split, "several_lrs": a.several_lrs,
+        "lr_at_grid_edge": a.edge_arms, "controls": a.controls,
         "lr_selection": {arm: dataclasses.asdict(c) for arm, c in sorted(a.choice.items())},
-        "headline": {arm: dataclasses.asdict(h) for arm, h in a.headlines.items()},
+        "headline": {arm: _headline_json(h) for arm, h in a.headlines.items()},
         "comparison": dataclasses.asdict(a.comparison) if a.comparison else None,
+        "vs_best_control": {arm: [dataclasses.asdict(c) for c in r] for arm, r in a.vs_control.items()},
+        "terminal": terminal_lines(a),
         "sources_runs": [_run_row(r) for r in exp.sources],
         "runs_in_progress": [r.describe() for r in exp.runs_with("in progress")],
         "runs_not_started": exp.not_started,
@@ -109,8 +122,9 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
                  targets: list[float] | None = None) -> dict[str, Any]:
     """Write the report for experiment and/or run directories; return summary.json's content.
 
-    `targets` are eval losses in bits/token (default: per experiment, from its scratch arm,
-    see igpt.transfer.metrics.default_targets). `out_dir` is replaced whole, atomically."""
+    `targets` are losses in bits/token fixed in advance (default: per experiment, from its
+    held-out scratch seeds, else provisionally from the compared ones; see
+    igpt.transfer.report.analysis). `out_dir` is replaced whole, atomically."""
     if not inputs:
         raise ValueError("write_report: no inputs; pass run or experiment directories")
     if targets is not None and (not targets or not all(math.isfinite(t) for t in targets)):
@@ -139,18 +153,7 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
 
 def headline(summary: dict[str, Any], out_dir: Path) -> str:
     """The lines a person reads in the terminal: each arm's speedup with its interval."""
-    lines = []
-    for exp in summary["experiments"]:
-        lines.append(f"{exp['name']} ({exp['status']}), target {exp['target']}:")
-        for arm, h in exp["headline"].items():
-            speed = (f"{'>=' if h['lower_bound'] else ''}{h['speedup']:.2f}x "
-                     f"[{h['lo']:.2f}, {h['hi']:.2f}]" if h["reached"] else "not reached")
-            line = f"  {arm}: {speed} ({h['n_reached']}/{h['n_seeds']} seeds)"
-            if h["reached"]:
-                line += f" to {h['target_bits']:.3f} bits/token"
-                if not h["at_hardest"]:
-                    line += f"; {h['hardest_n_reached']}/{h['n_seeds']} seeds reached {h['hardest_bits']:.3f}"
-            lines.append(line)
+    lines = [line for exp in summary["experiments"] for line in exp["terminal"]]
     if summary["runs_without_metrics"]:
         lines.append(f"runs with no metrics: {', '.join(summary['runs_without_metrics'])}")
     lines.append(f"report: {Path(out_dir) / 'report.html'}")

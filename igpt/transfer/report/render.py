@@ -4,12 +4,9 @@ from __future__ import annotations
 import base64
 import html
 from dataclasses import dataclass, field
-from typing import Callable
-
-import numpy as np
-
 from igpt.transfer.arms import SCRATCH
-from igpt.transfer.metrics import Interval, StepsToTarget, TargetResult
+from igpt.transfer.comparison import StepsToTarget
+from igpt.transfer.intervals import MIN_SEEDS_FOR_T, Bound, Estimate, Pooled, Speedup
 from igpt.transfer.report.analysis import Analysis, Headline
 from igpt.transfer.report.collect import Run
 from igpt.transfer.report.figures import Chart
@@ -35,110 +32,213 @@ class Section:
 
 # ----------------------------------------------------------------------------- cells and lines
 
-def _fmt_tokens(n: float) -> str:
-    for unit, size in (("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.3g}"
+def fmt_estimate(e: Estimate, unit: str = "×", digits: int = 2) -> str:
+    """"1.93× [1.41, 2.64] (95% t-interval, 5 seeds)", "1.93× (range 1.41–2.64 over 3 seeds)" or
+    "1.93× (1 seed, no interval)": the words say how far the interval can be trusted."""
+    v = lambda x: f"{x:,.{digits}f}"
+    if e.kind == "t":
+        return f"{v(e.mean)}{unit} [{v(e.lo)}, {v(e.hi)}] ({e.confidence:.0%} t-interval, {e.n} seeds)"
+    if e.kind == "range":
+        return f"{v(e.mean)}{unit} (range {v(e.lo)}–{v(e.hi)} over {e.n} seeds)"
+    return f"{v(e.mean)}{unit} (1 seed, no interval)"
 
 
-def _fmt_interval(iv: Interval | None, fmt: Callable[[float], str], prefix: str = "",
-                  unit: str = "") -> str:
-    if iv is None:
+def _bound(b: Bound | None) -> str:
+    if b is None:
         return ""
-    return f"{prefix}{fmt(iv.mean)}{unit} [{fmt(iv.lo)}, {fmt(iv.hi)}]"
+    return f"; over all seeds {'≤' if b.side == 'at_most' else '≥'} {b.value:.2f}×"
 
 
-def _speedup_cell(r: TargetResult) -> str:
-    if r.interval is None:
-        if any(s.status == "at_start" for s in r.speedups.values()):
-            return "no ratio: a curve starts below this target"
-        return f"not reached (0/{r.n_seeds} seeds)"
-    prefix = "≥" if r.lower_bound else ""
-    return (_fmt_interval(r.interval, lambda v: f"{v:.2f}", prefix, "×")
-            + f" · {r.n_reached}/{r.n_seeds} seeds")
+def pooled_cell(p: Pooled) -> str:
+    """The pooled speedup with its counts: exact seeds, censored ones and their bound."""
+    head = fmt_estimate(p.estimate) if p.estimate else "no ratio"
+    parts = [f"{p.n_exact}/{p.n_seeds} exact"]
+    if p.n_upper:
+        parts.append(f"{p.n_upper} arm never reached")
+    if p.n_lower:
+        parts.append(f"{p.n_lower} baseline never reached")
+    if p.n_none:
+        parts.append(f"{p.n_none} no ratio")
+    return f"{head} · {', '.join(parts)}{_bound(p.bound)}"
 
 
-def _steps_cell(s: StepsToTarget, n: int) -> str:
-    if s.interval is None:
-        return f"not reached (0/{n} seeds)"
-    return _fmt_interval(s.interval, lambda v: f"{v:,.0f}") + f" · {s.n_reached}/{n} seeds"
+def _seed_cell(s: Speedup | None) -> str:
+    if s is None:
+        return ""
+    if s.value is None:
+        return "no ratio"
+    return {"exact": "", "lower_bound": "≥", "upper_bound": "≤"}[s.status] + f"{s.value:.2f}"
 
 
-def _level(bits: float, baseline: str, is_baseline_final: bool) -> str:
-    return f"{baseline}'s final loss ({bits:.3f} bits/token)" if is_baseline_final else f"{bits:.3f} bits/token"
+def _steps_cell(s: StepsToTarget) -> str:
+    if s.estimate is None:
+        return f"not reached (0/{len(s.per_seed)} seeds)"
+    return fmt_estimate(s.estimate, unit="", digits=0) + f" · {s.n_reached}/{len(s.per_seed)} seeds"
 
 
-def headline_text(arm: str, h: Headline, baseline: str, given: bool) -> str:
-    """The headline as a sentence; `given`: the targets were given, not scratch's defaults."""
-    hardest = _level(h.hardest_bits, baseline, not given)
-    if not h.reached:
-        return f"{arm}: did not reach {hardest} ({h.n_reached}/{h.n_seeds} seeds)."
-    level = _level(h.target_bits, baseline, not given and h.at_hardest)
-    bound = "at least " if h.lower_bound else ""
-    text = (f"{arm}: speedup {bound}{h.speedup:.2f}× over {baseline} (steps {baseline} needs ÷ steps "
-            f"{arm} needs) to reach {level}; 95% interval [{h.lo:.2f}, {h.hi:.2f}], "
-            f"{h.n_reached}/{h.n_seeds} seeds.")
-    if not h.at_hardest:
-        text += f" Only {h.hardest_n_reached}/{h.n_seeds} seeds reached {hardest}."
+def _level(bits: float) -> str:
+    return f"{bits:.3f} bits/token"
+
+
+_SOURCE_WORDS = {"given": "fixed in advance", "held_out": "from held-out scratch seeds",
+                 "provisional": "provisional, from the compared scratch seeds"}
+
+
+def headline_text(arm: str, h: Headline) -> str:
+    """The headline as a sentence: the speedup over scratch at the hardest target, in steps and
+    in FLOPs, and over the best control."""
+    level = f"{_level(h.target_bits)} ({_SOURCE_WORDS[h.target_source]})"
+    counts = f"{h.n_reached}/{h.n_seeds} seeds reached it"
+    if h.n_censored:
+        counts += f", {h.n_censored} censored"
+    if h.estimate is None:
+        text = f"{arm}: no seed gives a ratio over {SCRATCH} at {level}; {counts}{_bound(h.bound)}."
+    else:
+        text = (f"{arm}: {fmt_estimate(h.estimate)} fewer steps than {SCRATCH} to reach {level}; "
+                f"{counts}{_bound(h.bound)}.")
+    if h.flops is not None:
+        text += f" In total FLOPs, counting the source's pretraining: {fmt_estimate(h.flops)}."
+    if h.control is not None:
+        text += (f" Over the best control ({h.control}): "
+                 + (fmt_estimate(h.vs_control) if h.vs_control else "no ratio") + ".")
     return text
 
 
+_VERDICT_WORDS = {
+    "transfer": "faster than scratch and than the best control: transfer beyond what the control explains",
+    "negative": "slower than scratch: negative transfer",
+    "no_evidence": "no evidence of transfer beyond the best control (an interval includes 1 or lies below it)"}
+
+
+def claim_text(arm: str, h: Headline) -> str:
+    c = h.claim
+    if c.verdict == "no_claim":
+        return f"No transfer claim for {arm}: {'; '.join(c.reasons)}."
+    return (f"Claim for {arm} at {_level(h.target_bits)}: {_VERDICT_WORDS[c.verdict]} (over "
+            f"{SCRATCH} {fmt_estimate(h.estimate)}; over {h.control} {fmt_estimate(h.vs_control)}).")
+
+
+def terminal_lines(a: Analysis) -> list[str]:
+    """The experiment in a few plain lines for the terminal."""
+    lines = [f"{a.experiment.name} ({a.experiment.status}), target {a.experiment.target}:"]
+    for arm, h in a.headlines.items():
+        speed = fmt_estimate(h.estimate, "x") if h.estimate else "no ratio"
+        line = (f"  {arm}: {speed} to {_level(h.target_bits)}; {h.n_reached}/{h.n_seeds} seeds "
+                f"reached it" + (f", {h.n_censored} censored" if h.n_censored else ""))
+        if h.flops is not None:
+            line += f"; FLOPs {fmt_estimate(h.flops, 'x')}"
+        if h.claim is not None:
+            line += f"; claim: {h.claim.verdict.replace('_', ' ')}"
+        lines.append(line)
+    return lines
+
+
 # ----------------------------------------------------------------------------- sections
+
+def _method(a: Analysis) -> list[str]:
+    lines = [
+        f"Speedup = steps {SCRATCH} needs to reach a loss on the {a.report_split} split ÷ steps the arm needs "
+        "(pretraining steps not counted; the FLOPs speedup counts them), interpolated between "
+        "evals, paired by seed, pooled as a geometric mean over the seeds where both curves "
+        f"crossed the target: with {MIN_SEEDS_FOR_T} or more such seeds a 95% Student-t interval "
+        f"on log speedup, with 2 to {MIN_SEEDS_FOR_T - 1} the range over them (no coverage "
+        "claimed), with 1 no interval. A seed whose arm never reached the target within its "
+        f"budget is censored (its speedup is below {SCRATCH}'s steps ÷ the arm's last step), "
+        f"one whose {SCRATCH} never reached it is censored the other way; censored seeds are "
+        "counted, not dropped, and bound the mean over all seeds (≤ or ≥)."]
+    if a.one_split:
+        lines.append("These runs wrote one eval split: learning rates, targets and the reported "
+                     "curves share it, so the chosen rate's luck on it inflates its result "
+                     "(winner's curse). Newer runs choose on validation and report on test.")
+    else:
+        lines.append("Learning rates (lowest mean early-stopped validation loss), early stopping "
+                     "and targets are chosen on the validation split; every curve and speedup "
+                     "shown is on the test split.")
+    exp = a.experiment
+    lines.append({
+        "given": "Targets were fixed in advance (report.targets / --targets).",
+        "held_out": f"Targets come from held-out scratch seeds {sorted(a.held_out)}, which no "
+                    "speedup uses: the worst held-out seed's final validation loss and levels "
+                    "above it.",
+        "provisional": "No targets were fixed in advance and no scratch seeds were held out, so "
+                       f"the targets come from the compared {SCRATCH} seeds' own validation "
+                       "curves (their mean loss at 20% to 80% of the budget): descriptive, not "
+                       "a claim. Set report.targets or hold out scratch seeds.",
+        None: "No targets yet."}[a.target_source])
+    if not a.several_lrs:
+        lines.append("Every arm ran one learning rate: a single shared rate can fake or hide "
+                     "transfer and cannot support a transfer claim (Rothermel et al. 2021). "
+                     "Run a grid (lrs) of 3 or more rates.")
+    else:
+        lines.append("Each arm is shown at its own best rate." + ("" if exp.complete else
+                     " The choice is provisional while runs are in progress."))
+    if a.edge_arms:
+        lines.append(f"Best learning rate at the edge of the arm's grid: {', '.join(a.edge_arms)}. "
+                     "The optimum may lie outside the grid; extend it.")
+    if a.controls:
+        lines.append(f"Control arms: {', '.join(a.controls)}. A transfer claim is stated against "
+                     "the best control at each target (the one with the highest speedup over "
+                     f"{SCRATCH}), not only against {SCRATCH}.")
+    return lines
+
 
 def _intro(a: Analysis) -> list[str]:
     exp = a.experiment
     lines = [f"Experiment {exp.name} ({exp.dir}) is {exp.status.upper()}"
              + ("" if exp.complete else ": numbers below will change as runs finish") + "."]
-    lines += [headline_text(arm, h, SCRATCH, a.targets_given) for arm, h in a.headlines.items()]
-    lines += a.notes
-    lines.append(
-        f"Speedup = steps {SCRATCH} needs to reach a loss ÷ fine-tuning steps the arm needs "
-        "(pretraining steps not counted), interpolated between evals, paired by seed; mean over "
-        "seeds with a 95% bootstrap interval (rough with few seeds). “≥”: a lower bound "
-        f"({SCRATCH} never reached that loss, or the arm was below it at its first eval). Seeds "
-        "that did not reach a target are left out of its mean and counted.")
-    if a.several_lrs:
-        lines.append("Several learning rates were run: each arm is shown at its own best "
-                     "rate (lowest mean final eval loss over seeds), since one shared rate "
-                     "can fake or hide transfer." + ("" if exp.complete else
-                     " The choice is provisional while runs are in progress."))
-    return lines
+    heads = a.headlines
+    lines += [headline_text(arm, h) for arm, h in heads.items()]
+    lines += [claim_text(arm, h) for arm, h in heads.items() if h.claim is not None]
+    return lines + a.notes + _method(a)
+
+
+def _heads(levels: list[float]) -> list[str]:
+    return [f"to {t:.3f}" for t in levels]
 
 
 def _comparison_tables(a: Analysis) -> list[Table]:
     cmp, choice = a.comparison, a.choice
-    heads = [f"to {t:.3f}" + (f" ({SCRATCH} final)" if i == len(cmp.targets) - 1
-                              and not a.targets_given else "")
-             for i, t in enumerate(cmp.targets)]
-    arms = cmp.arms
-    speedups = Table(
-        f"Speedup over {SCRATCH} (× fewer steps to reach each eval loss, bits/token)",
-        ["arm", "lr"] + heads,
-        [[arm, f"{choice[arm].lr:g}"] + [_speedup_cell(t) for t in r.targets] for arm, r in arms.items()],
-        "Mean [95% bootstrap interval] · seeds that reached the target.")
-    n_base = len(a.chosen[SCRATCH])
-    rows = [[SCRATCH, f"{choice[SCRATCH].lr:g}"] + [_steps_cell(s, n_base) for s in cmp.baseline_steps]]
-    rows += [[arm, f"{choice[arm].lr:g}"] + [_steps_cell(t.steps, t.n_seeds) for t in r.targets]
-             for arm, r in arms.items()]
-    steps = Table("Steps to reach each eval loss", ["arm", "lr"] + heads, rows,
-                  "Mean [95% bootstrap interval] over the seeds that reached it.")
-    dt_rows = []
-    for arm, r in arms.items():
-        ends = [e for e in r.effective_data.values() if e is not None]
-        bound = "≥" if r.effective_lower_bound else ""
-        dt_rows.append([
-            arm, _fmt_tokens(float(np.mean([e.fine_tuning_tokens for e in ends]))) if ends else "",
-            _fmt_interval(r.transferred, _fmt_tokens, bound) or "not available",
-            _fmt_interval(r.fraction, lambda v: f"{v:.2f}", bound) or "not available",
-            f"{sum(e.reached for e in ends)}/{len(ends)} seeds"])
-    transferred = Table(
-        "Effective data transferred at the end of fine-tuning (Hernandez et al. 2021)",
-        ["arm", "D_F fine-tuning tokens", "D_T transferred tokens", "D_T / D_E",
-         f"{SCRATCH} reached the arm's final loss"], dt_rows,
-        f"D_E = tokens {SCRATCH} needs to reach the arm's final loss; D_T = D_E − D_F. “≥”: "
-        f"{SCRATCH} never reached that loss for some seed, so D_T is only a lower bound.")
-    return [speedups, steps, transferred]
+    arms, heads = cmp.arms, _heads(cmp.targets)
+    lr = lambda arm: f"{choice[arm].lr:g}"
+    tables = [Table(
+        f"Speedup over {SCRATCH} in steps, to each {a.report_split} loss (bits/token)",
+        ["arm", "lr"] + heads, [[arm, lr(arm)] + [pooled_cell(t.speedup) for t in r.targets]
+                                for arm, r in arms.items()],
+        "Geometric mean over the seeds with an exact ratio · counts · bound over all seeds.")]
+    if any(t.flops for r in arms.values() for t in r.targets):
+        tables.append(Table(
+            f"Speedup over {SCRATCH} in total FLOPs, counting the source's pretraining",
+            ["arm", "lr"] + heads,
+            [[arm, lr(arm)] + [pooled_cell(t.flops) if t.flops else "FLOPs unknown" for t in r.targets]
+             for arm, r in arms.items()],
+            f"{SCRATCH}'s FLOPs to the target ÷ (the source's pretraining FLOPs + the arm's FLOPs "
+            "to the target); FLOPs = tokens × run.json flops_per_token."))
+    if a.vs_control:
+        tables.append(Table(
+            "Speedup over the best control, in steps", ["arm", "lr"] + heads,
+            [[arm, lr(arm)] + [f"over {c.control}: {pooled_cell(c.speedup)}" for c in results]
+             for arm, results in a.vs_control.items()],
+            f"The best control at each target is the control arm with the highest speedup over {SCRATCH}."))
+    hardest = cmp.targets[-1]
+    seeds = sorted({s for r in arms.values() for s in r.seeds})
+    tables.append(Table(
+        f"Per-seed speedup over {SCRATCH} at {_level(hardest)}", ["seed"] + list(arms),
+        [[str(s)] + [_seed_cell(r.targets[-1].speedup.per_seed.get(s)) for r in arms.values()]
+         for s in seeds],
+        f"“≥”: {SCRATCH} never reached the target (a lower bound); “≤”: the arm never reached it "
+        "(an upper bound); no ratio: neither did, or a curve started below it."))
+    rows = [[SCRATCH, lr(SCRATCH)] + [_steps_cell(s) for s in cmp.baseline_steps]]
+    rows += [[arm, lr(arm)] + [_steps_cell(t.steps) for t in r.targets] for arm, r in arms.items()]
+    tables.append(Table(f"Steps to reach each {a.report_split} loss", ["arm", "lr"] + heads, rows,
+                        "Geometric mean over the seeds that reached it."))
+    tables.append(Table(
+        f"Speedup over {SCRATCH} against the target loss ({a.report_split} bits/token)",
+        ["target"] + list(arms),
+        [[f"{lvl:.3f}" + (" (target)" if any(abs(lvl - t) < 1e-9 for t in cmp.targets) else "")]
+         + [pooled_cell(r.curve[i]) for r in arms.values()] for i, lvl in enumerate(cmp.curve_levels)],
+        f"Evenly spaced from {SCRATCH}'s early loss to its final loss (and every target), so no "
+        "single target carries the conclusion."))
+    return tables
 
 
 def _lr_table(a: Analysis) -> Table:
@@ -146,11 +246,15 @@ def _lr_table(a: Analysis) -> Table:
     rows = []
     for arm, c in sorted(a.choice.items()):
         by = {s.lr: s for s in c.scores}
-        rows.append([arm] + [("" if lr not in by else "diverged" if by[lr].mean_final is None
-                              else f"{by[lr].mean_final:.3f} ({by[lr].n_seeds})"
-                              + (" ← best" if lr == c.lr else "")) for lr in lrs])
-    return Table("Learning-rate selection: mean final eval bits/token (seeds)",
-                 ["arm"] + [f"lr {lr:g}" for lr in lrs], rows, "Each arm is compared at its best rate.")
+        rows.append([arm] + [("" if lr not in by else "diverged" if by[lr].mean_loss is None
+                              else f"{by[lr].mean_loss:.3f} ({by[lr].n_seeds})"
+                              + (" ← best" + (", at the grid's edge" if c.at_edge else "")
+                                 if lr == c.lr else "")) for lr in lrs])
+    split = "eval" if a.one_split else "validation"
+    return Table(f"Learning-rate selection: mean early-stopped {split} bits/token (seeds)",
+                 ["arm"] + [f"lr {lr:g}" for lr in lrs], rows,
+                 "Each arm is compared at its best rate; a best rate at the edge of the grid may "
+                 "not be the optimum.")
 
 
 def experiment_section(a: Analysis, charts: list[Chart]) -> Section:
@@ -169,9 +273,9 @@ def experiment_section(a: Analysis, charts: list[Chart]) -> Section:
 
 def runs_section(runs: list[Run], charts: list[Chart]) -> Section:
     """Loose runs (no experiment): a status table and their curves."""
-    table = Table("Runs", ["run", "status", "last step", "final eval bits/token"],
+    table = Table("Runs", ["run", "status", "last step", "final test bits/token"],
                   [[r.describe(), r.status, "" if r.last_step is None else str(r.last_step),
-                    "" if r.final_eval_bits is None else f"{r.final_eval_bits:.3f}"] for r in runs])
+                    "" if r.final_test_bits is None else f"{r.final_test_bits:.3f}"] for r in runs])
     lists = [("Runs in progress", [r.describe() for r in runs if r.status == "in progress"]),
              ("Runs with no metrics", [r.describe() for r in runs if r.status == "no metrics"])]
     return Section("Runs", [], [table], charts, lists)
