@@ -14,7 +14,9 @@ from igpt.commands.report import main
 from igpt.training.metrics import MetricsWriter
 from igpt.training.rundir import RunDir
 from igpt.transfer.arms import SCRATCH
+from igpt.transfer.intervals import Estimate
 from igpt.transfer.report import write_report
+from igpt.transfer.report.render import fmt_estimate
 
 REPO = Path(__file__).resolve().parents[1]
 STEPS = np.arange(50, 1001, 50)  # like the trainer: the first eval is after eval_every steps
@@ -170,7 +172,7 @@ def test_three_seeds_give_a_range_never_a_95_percent_interval(report):
         assert (h["speedup"], h["lo"], h["hi"]) == pytest.approx((k, k, k), rel=1e-9)
         assert (h["n_exact"], h["n_reached"], h["n_seeds"]) == (3, 3, 3)
     md = (out / "report.md").read_text()
-    assert "2.00× (range 2.00–2.00 over 3 seeds) · 3/3 exact" in md
+    assert "2.00× [2.00, 2.00] (range over 3 seeds) · 3/3 exact" in md
     assert "95%" not in " ".join(exp["terminal"]) and "95% bootstrap" not in md
 
 
@@ -210,7 +212,7 @@ def test_table_shows_planted_speedup_and_names_problem_runs(report):
     page = (out / "report.html").read_text()
     md = (out / "report.md").read_text()
     for text in (page, md):
-        assert "1.50× (range 1.50–1.50 over 3 seeds) · 3/3 exact" in text
+        assert "1.50× [1.50, 1.50] (range over 3 seeds) · 3/3 exact" in text
         assert "IN PROGRESS" in text and "best" in text
         assert "Effective data transferred" not in text
     no_metrics = "target/music__frozen_body/lr0.0003/seed1 (arm=music/frozen_body, lr=0.0003, seed=1)"
@@ -219,6 +221,12 @@ def test_table_shows_planted_speedup_and_names_problem_runs(report):
     assert any("seed2" in r for r in summary["runs_in_progress"])
     assert "Runs with no metrics (1)" in page
     assert "](prose_music_to_images_eval.png)" in md
+
+
+def test_interval_words_say_how_far_to_trust_them():
+    assert fmt_estimate(Estimate(1.93, 1.41, 2.64, "t", 5, 0.95)) == "1.93× [1.41, 2.64] (95% t-interval, 5 seeds)"
+    assert fmt_estimate(Estimate(1.93, 1.41, 2.64, "range", 3, 0.95)) == "1.93× [1.41, 2.64] (range over 3 seeds)"
+    assert fmt_estimate(Estimate(1.93, None, None, "none", 1, 0.95)) == "1.93× (1 seed, no interval)"
 
 
 def test_unreached_target_is_censored_and_counted(experiment, tmp_path):
@@ -336,7 +344,7 @@ def test_refuses_to_replace_a_directory_that_is_not_a_report(experiment, tmp_pat
 def test_cli_writes_report_and_prints_headline(experiment, tmp_path, capsys):
     assert main([str(experiment), "--out", str(tmp_path / "r"), "--targets", "4.0,3.0"]) == 0
     printed = capsys.readouterr().out
-    assert "prose/full: 2.00x (range 2.00–2.00 over 3 seeds) to 3.000 bits/token; 3/3 seeds reached it" in printed
+    assert "prose/full: 2.00x [2.00, 2.00] (range over 3 seeds) to 3.000 bits/token; 3/3 seeds reached it" in printed
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["experiments"][0]["targets"] == [4.0, 3.0]
 

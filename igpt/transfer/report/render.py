@@ -33,13 +33,13 @@ class Section:
 # ----------------------------------------------------------------------------- cells and lines
 
 def fmt_estimate(e: Estimate, unit: str = "×", digits: int = 2) -> str:
-    """"1.93× [1.41, 2.64] (95% t-interval, 5 seeds)", "1.93× (range 1.41–2.64 over 3 seeds)" or
-    "1.93× (1 seed, no interval)": the words say how far the interval can be trusted."""
+    """"1.93× [1.41, 2.64] (95% t-interval, 5 seeds)", "1.93× [1.41, 2.64] (range over 3 seeds)"
+    or "1.93× (1 seed, no interval)": the words say how far the interval can be trusted."""
     v = lambda x: f"{x:,.{digits}f}"
     if e.kind == "t":
         return f"{v(e.mean)}{unit} [{v(e.lo)}, {v(e.hi)}] ({e.confidence:.0%} t-interval, {e.n} seeds)"
     if e.kind == "range":
-        return f"{v(e.mean)}{unit} (range {v(e.lo)}–{v(e.hi)} over {e.n} seeds)"
+        return f"{v(e.mean)}{unit} [{v(e.lo)}, {v(e.hi)}] (range over {e.n} seeds)"
     return f"{v(e.mean)}{unit} (1 seed, no interval)"
 
 
