@@ -6,6 +6,7 @@ import sys
 
 from igpt.data.errors import DataError
 from igpt.distributed import DistributedError
+from igpt.modalities import ModalityError
 from igpt.sharding import MeshError
 from igpt.tokenizers.base import TokenizerError
 from igpt.training.checkpoint import CheckpointMismatchError
@@ -14,8 +15,8 @@ from igpt.training.optim import OptimizerError
 from igpt.training.rundir import WorkdirError
 from igpt.transfer.arms import TransferError
 
-USER_ERRORS = (CheckpointMismatchError, DataError, DistributedError, MeshError, TokenizerError, NonFiniteLossError,
-               ResumeMismatchError, OptimizerError, TransferError, WorkdirError, FileNotFoundError)
+USER_ERRORS = (CheckpointMismatchError, DataError, DistributedError, MeshError, ModalityError, TokenizerError,
+               NonFiniteLossError, ResumeMismatchError, OptimizerError, TransferError, WorkdirError, FileNotFoundError)
 
 
 def parse_flags_clearly(argv: list[str]) -> list[str]:

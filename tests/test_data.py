@@ -14,8 +14,9 @@ from google.protobuf import json_format
 from PIL import Image
 from tensorflow_datasets.core.proto import feature_pb2
 
-from igpt.data import DataError, audio, catalog, images, pipeline, shipped, specs
+from igpt.data import DataError, catalog, pipeline, shipped, specs
 from igpt.data.music import synthesize_music
+from igpt.modalities import audio, image, text
 from igpt.tokenizers import from_spec
 
 
@@ -164,7 +165,7 @@ def test_text_packs_documents_end_to_end_and_round_trips(shipped_dir):
     cfg = specs.text("shipped:prose", seq_len=256, data_dir=shipped_dir)
     docs = pipeline.load_examples(cfg, "test")
     ds = pipeline.build_dataset(cfg, "test", pipeline.build_tokenizer(cfg))
-    stream = pipeline.TEXT_SEPARATOR.join(docs).encode("utf-8")
+    stream = text.TEXT_SEPARATOR.join(docs).encode("utf-8")
     assert len(ds) == len(stream) // 256
     packed = ds.batch(0, len(ds), shuffle=False)
     assert bytes(packed.astype(np.uint8).ravel()) == stream[: len(ds) * 256]
@@ -200,12 +201,12 @@ def test_music_is_seeded_normalised_and_tonal():
 def test_images_are_centre_cropped_and_gray_stays_gray(shipped_dir):
     wide = np.zeros((40, 80, 3), np.uint8)
     wide[:, 10:70] = 255
-    assert (images.square(wide, 16) == 255).all()  # the black sides are cropped away
-    assert images.square(wide[:, :40], 16)[:, :3].max() == 0  # a left crop would not be all white
+    assert (image.square(wide, 16) == 255).all()  # the black sides are cropped away
+    assert image.square(wide[:, :40], 16)[:, :3].max() == 0  # a left crop would not be all white
     cfg = specs.images("shipped:digits", res=16, tokenizer="palette:8", data_dir=shipped_dir, max_examples=50)
     gray = pipeline.load_examples(cfg, "train")
     assert gray.shape == (50, 16, 16, 1)
-    assert pipeline.as_tokenizer_input("palette", gray).shape == (50, 16, 16, 3)
+    assert image.as_tokenizer_input("palette", gray).shape == (50, 16, 16, 3)
 
 
 def test_palette_is_fitted_on_train_once_and_reused_from_the_cache(shipped_dir, tmp_path):

@@ -16,8 +16,9 @@ from flax import nnx
 from PIL import Image
 
 from igpt import sharding
-from igpt.commands.sample import grey_after, image_grid, save_outputs
+from igpt.commands.sample import save_outputs
 from igpt.data import pipeline
+from igpt.modalities.image import grey_after, image_grid
 from igpt.model import Transformer, model_config, with_bos
 from igpt.sample import generate, generate_uncached, load_run
 from igpt.tokenizers import MulawTokenizer

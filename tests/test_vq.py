@@ -302,7 +302,7 @@ def test_image_tokens_have_the_right_shape_and_raster_order(image_run, held_out_
     assert tokens.min() >= 0 and tokens.max() < tok.vocab_size == 32
     model = nnx.merge(nnx.graphdef(vq.VQVAE(tok.model_cfg, tok.quantizer_cfg, rngs=nnx.Rngs(0))),
                       jax.tree.map(jnp.asarray, tok.params))
-    grid = vq.quantize(tok.quantizer_cfg, tok.qstate, model.encode(vq.to_unit(images))).codes  # [5, 4, 4]
+    grid = tok.quantizer.quantize(tok.qstate, model.encode(vq.to_unit(images))).codes  # [5, 4, 4]
     np.testing.assert_array_equal(tokens, np.asarray(grid).reshape(5, 16))  # row by row
     decoded = tok.decode(tokens)
     assert decoded.shape == (5, 16, 16, 3) and decoded.dtype == np.uint8

@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from igpt.data import pipeline, specs
+    from igpt.modalities.image import as_tokenizer_input
     from igpt.tokenizers.reconstruction import psnr
 
     data_cfg = specs.images(args.data, res=args.res, tokenizer=args.tokenizer, data_dir=args.data_dir,
@@ -86,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     tokenizer.save(out)
 
-    held_out = pipeline.as_tokenizer_input(tokenizer.kind, pipeline.load_examples(data_cfg, data_cfg.eval_split))
+    held_out = as_tokenizer_input(tokenizer.kind, pipeline.load_examples(data_cfg, data_cfg.eval_split))
     reconstructed = tokenizer.decode(tokenizer.encode(held_out)).reshape(held_out.shape)
     # Spread the grid over the whole split so several held-out photos appear.
     shown = np.linspace(0, len(held_out) - 1, min(len(held_out), 4 * GRID_COLUMNS)).astype(int)

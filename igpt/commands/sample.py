@@ -2,7 +2,7 @@
 
 Loads RUN's config.json, tokenizer and latest checkpoint (written on any mesh), then samples:
 completions of the first `prompt_fraction` of real eval sequences (the top half of an image,
-the start of a sound) and unconditional samples. Writes by modality:
+the start of a sound) and unconditional samples. Writes by modality (igpt/modalities/):
   images  completions.png (rows: prompt with the rest greyed, completion, original) and
           unconditional.png
   audio   completion_I.wav, original_I.wav, unconditional_I.wav
@@ -14,73 +14,18 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import wave
 from pathlib import Path
 
 import numpy as np
-from einops import rearrange
 
-GREY = 128
-MIN_TILE = 64  # small images (8x8 digits) are scaled up to at least this many pixels a side
-
-
-def image_grid(images: np.ndarray) -> np.ndarray:
-    """uint8 [rows, cols, H, W(, C)] -> one RGB picture with a 1-pixel grey border around
-    every tile, each tile scaled up by a whole factor to at least MIN_TILE pixels."""
-    if images.ndim == 4:
-        images = images[..., None]
-    if images.shape[-1] == 1:
-        images = np.repeat(images, 3, axis=-1)
-    scale = max(1, math.ceil(MIN_TILE / images.shape[2]))
-    images = np.repeat(np.repeat(images, scale, axis=2), scale, axis=3)
-    images = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=GREY)
-    return rearrange(images, "r c h w ch -> (r h) (c w) ch")
-
-
-def grey_after(images: np.ndarray, prompt_tokens: int, token_rows: int, token_cols: int) -> np.ndarray:
-    """Images [n, H, W(, C)] with every pixel outside the first `prompt_tokens` raster-order
-    tokens of a token_rows x token_cols grid set to grey: what the model was shown."""
-    shown = (np.arange(token_rows * token_cols) < prompt_tokens).reshape(token_rows, token_cols)
-    h, w = images.shape[1] // token_rows, images.shape[2] // token_cols
-    shown = np.repeat(np.repeat(shown, h, axis=0), w, axis=1)
-    shown = shown.reshape(shown.shape + (1,) * (images.ndim - 3))
-    return np.where(shown, images, np.uint8(GREY))
-
-
-def write_wav(path: Path, wave_float: np.ndarray, sample_rate: int) -> None:
-    """Mono 16-bit PCM from floats in [-1, 1]."""
-    pcm = np.round(np.clip(wave_float, -1.0, 1.0) * 32767).astype("<i2")
-    with wave.open(str(path), "wb") as f:
-        f.setnchannels(1)
-        f.setsampwidth(2)
-        f.setframerate(sample_rate)
-        f.writeframes(pcm.tobytes())
+from igpt.modalities import get
 
 
 def save_outputs(out: Path, modality: str, tokenizer, sample_rate: int, prompt_tokens: int,
                  originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[Path]:
     """Decodes the three token sets [n, T] and writes them as the modality's media."""
-    written = []
-    if modality == "image":
-        side = math.isqrt(originals.shape[1])
-        orig, comp, uncond = (tokenizer.decode(t) for t in (originals, completions, unconditional))
-        shown = grey_after(orig, prompt_tokens, side, side)
-        from PIL import Image
-        for name, grid in (("completions.png", np.stack([shown, comp, orig], axis=1)),
-                           ("unconditional.png", uncond[:, None])):
-            Image.fromarray(image_grid(grid)).save(out / name)
-            written.append(out / name)
-    elif modality == "audio":
-        for name, tokens in (("completion", completions), ("original", originals), ("unconditional", unconditional)):
-            for i, w in enumerate(tokenizer.decode(tokens)):
-                write_wav(out / f"{name}_{i}.wav", w, sample_rate)
-                written.append(out / f"{name}_{i}.wav")
-    else:
-        for name, tokens in (("completions.txt", completions), ("unconditional.txt", unconditional)):
-            texts = tokenizer.decode(tokens)
-            (out / name).write_text("\n\n=====\n\n".join(texts))
-            written.append(out / name)
-    return written
+    return get(modality).write_samples(out, tokenizer, sample_rate, prompt_tokens, originals, completions,
+                                       unconditional)
 
 
 def main(argv: list[str] | None = None) -> int:

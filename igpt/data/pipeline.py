@@ -8,61 +8,31 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
 
 import grain
 import ml_collections
 import numpy as np
-from einops import rearrange
 
-from igpt.data import audio, images
 from igpt.data.errors import DataError
 from igpt.data.locking import file_lock
 from igpt.data.sources import open_split
+from igpt.modalities import Examples, get
+from igpt.modalities.image import as_tokenizer_input
 from igpt.tokenizers.base import META_FILE, Tokenizer
-
-TEXT_SEPARATOR = "\n\n"  # between packed documents, so the model sees where one ends
-ENCODE_CHUNK = 1024      # images per tokenizer call: bounds the float copy palette encoding makes
-
-Examples = Union[np.ndarray, list[str], list[np.ndarray]]
 
 
 def load_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
-    """Raw examples of `split`, at most data.max_examples, in the source's order.
-
-    image: uint8 [N, res, res, C] (C = 1 or 3, as stored); text: list of str; audio: list of
-    float32 waveforms in [-1, 1] at data.sample_rate.
-    """
-    raw = open_split(data_cfg, split)
+    """Raw examples of `split`, at most data.max_examples, in the source's order, as the
+    modality makes them: image uint8 [N, res, res, C] (C = 1 or 3, as stored); text a list of
+    str; audio a list of float32 waveforms in [-1, 1] at data.sample_rate."""
+    modality = get(data_cfg.modality)
+    raw = open_split(data_cfg, split, data_cfg.feature or modality.default_feature)
     n = len(raw.values) if data_cfg.max_examples <= 0 else min(len(raw.values), data_cfg.max_examples)
-    if data_cfg.modality == "image":
-        if data_cfg.resolution <= 0:
-            raise DataError(f"data.resolution is {data_cfg.resolution}; set it (e.g. specs.images(..., res=32)).")
-        return np.stack([images.square(raw.values[i], data_cfg.resolution) for i in range(n)])
-    if data_cfg.modality == "text":
-        return [_as_str(raw.values[i]) for i in range(n)]
-    if data_cfg.sample_rate <= 0:
-        raise DataError(f"data.sample_rate is {data_cfg.sample_rate}; set it "
-                        "(e.g. specs.audio(..., sample_rate=8000)).")
-    if raw.sample_rate <= 0:
-        raise DataError(f"{raw.where}: feature {data_cfg.feature or 'audio'!r} declares no sample rate; "
-                        "point data.feature at a tfds.features.Audio feature.")
-    return [audio.resample(audio.to_float(raw.values[i], f"{raw.where} example {i}"), raw.sample_rate,
-                           data_cfg.sample_rate) for i in range(n)]
-
-
-def _as_str(value: bytes | str) -> str:
-    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+    return modality.examples(raw, n, data_cfg)
 
 
 def _spec_kind(spec: str) -> str:
     return spec.partition(":")[0]
-
-
-def as_tokenizer_input(kind: str, examples: np.ndarray) -> np.ndarray:
-    """Images as tokenizer `kind` reads them: gray is replicated to RGB for a palette (a set of
-    RGB colours); other kinds take the images as they are."""
-    return images.to_rgb(examples) if kind == "palette" else examples
 
 
 def build_tokenizer(data_cfg: ml_collections.ConfigDict, cache_dir: str | os.PathLike | None = None) -> Tokenizer:
@@ -105,34 +75,14 @@ def check_tokenizer(data_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, w
             "tokenizer directory so it is fitted again.")
 
 
-def pack_text(docs: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
-    """Documents joined by TEXT_SEPARATOR, tokenized as one stream and cut into [n, seq_len]
-    windows end to end (no padding; the last partial window is dropped)."""
-    stream = np.asarray(tokenizer.encode(TEXT_SEPARATOR.join(docs)))
-    n = len(stream) // seq_len
-    return rearrange(stream[: n * seq_len], "(n t) -> n t", t=seq_len)
-
-
 def build_dataset(data_cfg: ml_collections.ConfigDict, split: str, tokenizer: Tokenizer) -> SequenceDataset:
-    """Tokenizes all of `split` (capped by data.max_examples) into [n, seq_len] sequences:
-    one per image; packed windows of text; seq_len-sample frames of audio."""
+    """Tokenizes all of `split` (capped by data.max_examples) into [n, seq_len] sequences as the
+    modality cuts them: one per image; packed windows of text; seq_len-sample frames of audio."""
     check_tokenizer(data_cfg, tokenizer)
-    examples = load_examples(data_cfg, split)
-    seq_len = data_cfg.seq_len
-    if data_cfg.modality == "image":
-        examples = as_tokenizer_input(tokenizer.kind, examples)
-        tokens = np.concatenate([tokenizer.encode(examples[i:i + ENCODE_CHUNK])
-                                 for i in range(0, len(examples), ENCODE_CHUNK)])
-        if tokens.shape[1] != seq_len:
-            raise DataError(f"{data_cfg.source} images at resolution {data_cfg.resolution} give {tokens.shape[1]} "
-                            f"tokens each but data.seq_len is {seq_len}; use specs.images(...), which sets both.")
-    elif data_cfg.modality == "text":
-        tokens = pack_text(examples, tokenizer, seq_len)
-    else:
-        tokens = tokenizer.encode(np.concatenate([audio.frames(wave, seq_len) for wave in examples]))
+    tokens = get(data_cfg.modality).sequences(load_examples(data_cfg, split), tokenizer, data_cfg)
     if len(tokens) == 0:
-        raise DataError(f"{data_cfg.source} split {split!r} yields no {seq_len}-token sequence; lower data.seq_len "
-                        "or raise data.max_examples.")
+        raise DataError(f"{data_cfg.source} split {split!r} yields no {data_cfg.seq_len}-token sequence; lower "
+                        "data.seq_len or raise data.max_examples.")
     return SequenceDataset(tokens, tokenizer, data_cfg.seed)
 
 

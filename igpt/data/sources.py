@@ -10,9 +10,6 @@ import ml_collections
 
 from igpt.data.errors import DataError
 
-DEFAULT_FEATURE = {"image": "image", "text": "text", "audio": "audio"}
-
-
 @dataclasses.dataclass(frozen=True)
 class RawSplit:
     """One split's chosen feature, random access, and what is needed to interpret it."""
@@ -22,15 +19,12 @@ class RawSplit:
     where: str             # e.g. "tfds:mnist split 'train' in /data/tfds", for messages
 
 
-def open_split(data_cfg: ml_collections.ConfigDict, split: str) -> RawSplit:
-    """Opens `split` of `data_cfg.source`, preparing a shipped dataset on first use.
+def open_split(data_cfg: ml_collections.ConfigDict, split: str, key: str) -> RawSplit:
+    """Opens feature `key` of `split` of `data_cfg.source`, preparing a shipped dataset on first use.
 
     Backends are imported here, not at the top, so importing igpt.data stays free of TFDS.
     """
-    if data_cfg.modality not in DEFAULT_FEATURE:
-        raise DataError(f"data.modality {data_cfg.modality!r} is not one of {sorted(DEFAULT_FEATURE)}.")
     kind, _, name = data_cfg.source.partition(":")
-    key = data_cfg.feature or DEFAULT_FEATURE[data_cfg.modality]
     data_dir = os.path.expanduser(data_cfg.data_dir)
     where = f"{data_cfg.source} split {split!r} in {data_dir}"
     if kind == "shipped":

@@ -2,16 +2,16 @@
 waveform (1-D) into a grid of codes, one token per code, and whose decoder turns tokens back.
 
   network.py     the VQ-VAE (encoder, decoder) and its config
-  quantizers.py  EMA vector quantization and FSQ, and the quantizer config
+  quantizers.py  EMA vector quantization and FSQ behind the Quantizer protocol, and its config
   tokenizer.py   VQTokenizer: encode, decode, save, load
   task.py        fitting it with the training loop (igpt-fit-tokenizer --config ...)
-  augment.py     the step-indexed training batches; metrics.py: reconstruction metrics
+  augment.py     the step-indexed training batches (what differs per modality: igpt/modalities/)
 """
 from igpt.tokenizers.vq.network import (VQVAE, abstract_model, activation, check_model, downsample, init_params,
                                         model_config, to_uint8, to_unit)
-from igpt.tokenizers.vq.quantizers import code_dim, lookup, num_codes, quantize, quantizer_config
+from igpt.tokenizers.vq.quantizers import Quantizer, build_quantizer, quantizer_config
 from igpt.tokenizers.vq.tokenizer import KIND, METRICS_FILE, VQTokenizer, image_seq_len
 
-__all__ = ["KIND", "METRICS_FILE", "VQTokenizer", "VQVAE", "abstract_model", "activation", "check_model", "code_dim",
-           "downsample", "image_seq_len", "init_params", "lookup", "model_config", "num_codes", "quantize",
+__all__ = ["KIND", "METRICS_FILE", "Quantizer", "VQTokenizer", "VQVAE", "abstract_model", "activation",
+           "build_quantizer", "check_model", "downsample", "image_seq_len", "init_params", "model_config",
            "quantizer_config", "to_uint8", "to_unit"]

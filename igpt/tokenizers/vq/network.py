@@ -15,10 +15,10 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
+from igpt.modalities import signal
 from igpt.tokenizers.base import TokenizerError
-from igpt.tokenizers.vq.quantizers import code_dim
+from igpt.tokenizers.vq.quantizers import build_quantizer
 
-MODALITIES = {"image": 2, "audio": 1}  # modality -> spatial axes of its convolutions
 ACTIVATIONS = {"relu": nnx.relu, "silu": nnx.silu}
 
 
@@ -27,7 +27,7 @@ def model_config(modality: str = "image", strides: Sequence[int] = (2, 2), chann
                  activation: str = "relu", dtype: str = "float32") -> ml_collections.ConfigDict:
     """The VQ-VAE network: one (stride, channels) per downsampling stage."""
     return ml_collections.ConfigDict(dict(
-        modality=modality,          # "image" (2-D convolutions) | "audio" (1-D)
+        modality=modality,          # "image" (2-D convolutions) | "audio" (1-D): igpt/modalities/
         strides=tuple(strides),     # per stage; the token grid is the input divided by their product
         channels=tuple(channels),   # per stage, after its strided convolution
         res_blocks=res_blocks,      # residual blocks at the code resolution, in encoder and decoder
@@ -43,8 +43,7 @@ def downsample(model: ml_collections.ConfigDict | dict) -> int:
 
 def check_model(model: ml_collections.ConfigDict | dict) -> None:
     m = dict(model)
-    if m["modality"] not in MODALITIES:
-        raise TokenizerError(f"model.modality {m['modality']!r} is unknown; use 'image' or 'audio'.")
+    signal(m["modality"])  # refuses a modality without a VQ-VAE
     if activation_name(m) not in ACTIVATIONS:
         raise TokenizerError(f"model.activation {m['activation']!r} is unknown; use one of {sorted(ACTIVATIONS)}.")
     if not m["strides"] or len(m["strides"]) != len(m["channels"]) or min(m["strides"]) < 1:
@@ -58,6 +57,10 @@ def activation_name(m: ml_collections.ConfigDict | dict) -> str:
 def activation(m: ml_collections.ConfigDict) -> Callable[[jax.Array], jax.Array]:
     return ACTIVATIONS[activation_name(m)]
 
+def spatial_axes(m: ml_collections.ConfigDict) -> int:
+    """Axes the convolutions run over: the modality's (2 for images, 1 for audio)."""
+    return signal(m.modality).spatial_axes
+
 class ResBlock(nnx.Module):
     """x + conv1(act(conv3(act(x)))), the VQ-VAE residual block."""
 
@@ -70,12 +73,12 @@ class ResBlock(nnx.Module):
         return x + self.narrow(self.act(self.wide(self.act(x))))
 
 def _blocks(m: ml_collections.ConfigDict, width: int, rngs: nnx.Rngs) -> nnx.List:
-    ndim, dt = MODALITIES[m.modality], jnp.dtype(m.dtype)
+    ndim, dt = spatial_axes(m), jnp.dtype(m.dtype)
     return nnx.List([ResBlock(width, m.res_channels, ndim, dt, activation(m), rngs=rngs) for _ in range(m.res_blocks)])
 
 class Encoder(nnx.Module):
     def __init__(self, m: ml_collections.ConfigDict, out_dim: int, *, rngs: nnx.Rngs):
-        ndim, dt = MODALITIES[m.modality], jnp.dtype(m.dtype)
+        ndim, dt = spatial_axes(m), jnp.dtype(m.dtype)
         widths = (m.in_channels, *m.channels)
         self.down = nnx.List([nnx.Conv(widths[i], widths[i + 1], (2 * s,) * ndim, strides=(s,) * ndim,
                                        dtype=dt, rngs=rngs) for i, s in enumerate(m.strides)])
@@ -93,7 +96,13 @@ class Encoder(nnx.Module):
         return self.out(self.act(x))
 
 
-DEPTH_TO_SPACE = {2: "n h w (a b c) -> n (h a) (w b) c", 1: "n t (a c) -> n (t a) c"}
+def depth_to_space(ndim: int) -> str:
+    """The einops pattern moving s**ndim channel groups onto the ndim spatial axes, e.g. for
+    two: "n x0 x1 (s0 s1 c) -> n (x0 s0) (x1 s1) c"."""
+    axes = [f"x{i}" for i in range(ndim)]
+    strides = [f"s{i}" for i in range(ndim)]
+    return (f"n {' '.join(axes)} ({' '.join(strides)} c) -> n "
+            f"{' '.join(f'({x} {s})' for x, s in zip(axes, strides))} c")
 
 
 class Upsample(nnx.Module):
@@ -103,7 +112,7 @@ class Upsample(nnx.Module):
 
     def __init__(self, width: int, out: int, stride: int, ndim: int, dtype: Any, act: Callable, *, rngs: nnx.Rngs):
         self.conv = nnx.Conv(width, out * stride**ndim, (3,) * ndim, dtype=dtype, rngs=rngs)
-        self.pattern, self.sizes = DEPTH_TO_SPACE[ndim], dict(zip("ab", (stride,) * ndim))
+        self.pattern, self.sizes = depth_to_space(ndim), {f"s{i}": stride for i in range(ndim)}
         self.act = act
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -111,7 +120,7 @@ class Upsample(nnx.Module):
 
 class Decoder(nnx.Module):
     def __init__(self, m: ml_collections.ConfigDict, in_dim: int, *, rngs: nnx.Rngs):
-        ndim, dt = MODALITIES[m.modality], jnp.dtype(m.dtype)
+        ndim, dt = spatial_axes(m), jnp.dtype(m.dtype)
         widths = (m.in_channels, *m.channels)
         self.inp = nnx.Conv(in_dim, widths[-1], (3,) * ndim, dtype=dt, rngs=rngs)
         self.blocks = _blocks(m, widths[-1], rngs)
@@ -131,8 +140,9 @@ class VQVAE(nnx.Module):
 
     def __init__(self, model: ml_collections.ConfigDict, quantizer: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
         check_model(model)
-        self.encoder = Encoder(model, code_dim(quantizer), rngs=rngs)
-        self.decoder = Decoder(model, code_dim(quantizer), rngs=rngs)
+        code_dim = build_quantizer(quantizer).code_dim
+        self.encoder = Encoder(model, code_dim, rngs=rngs)
+        self.decoder = Decoder(model, code_dim, rngs=rngs)
 
     def encode(self, x: jax.Array) -> jax.Array:
         """Latents [N, *grid, code_dim] in fp32, the quantizer's precision."""

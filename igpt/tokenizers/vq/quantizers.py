@@ -1,5 +1,6 @@
 """The VQ tokenizers' quantizers, as pure fp32 functions a test can differentiate one path at
-a time: vector quantization with an EMA codebook, and finite scalar quantization (FSQ).
+a time: vector quantization with an EMA codebook, and finite scalar quantization (FSQ); each
+behind the `Quantizer` protocol, chosen by `quantizer.kind` (build_quantizer).
 
 Vector quantization (van den Oord et al. 2017, EMA updates as in Razavi et al. 2019):
   codebook loss   mean ||sg(z) - e||^2   moves codes only (reported; the EMA moves them here)
@@ -18,8 +19,9 @@ levels (8, 8, 8) give 512 codes with no codebook to learn and no dead codes to r
 """
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import NamedTuple, Sequence
+from typing import Any, Callable, ClassVar, NamedTuple, Protocol, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -219,42 +221,146 @@ def fsq_lookup(codes: jax.Array, levels: Sequence[int]) -> jax.Array:
     return (digits.astype(F32) - half_width) / half_width
 
 
-def quantizer_config(kind: str = "vq", *, num_codes: int = 512, code_dim: int = 64, l2: bool = False,
-                     decay: float = 0.99, beta: float = 0.25, dead_threshold: float = 1.0,
-                     kmeans_batches: int = 4, kmeans_iters: int = 10,
-                     levels: Sequence[int] = (8, 8, 8)) -> ml_collections.ConfigDict:
-    """"vq": EMA vector quantization; "fsq": finite scalar quantization with `levels`.
-    Each kind has only its own fields, so overriding the other kind's is an error."""
-    if kind == "vq":
-        return ml_collections.ConfigDict(dict(
-            kind=kind,
-            num_codes=num_codes,
-            code_dim=code_dim,              # a low dimension (8-32) with l2=True gives ViT-VQGAN's factorised codes
-            l2=l2,                          # codes and latents on the unit sphere (cosine matching)
-            decay=decay,                    # EMA decay of code counts and sums
-            beta=beta,                      # commitment weight on the encoder term
-            dead_threshold=dead_threshold,  # EMA count below which a code restarts at a batch latent
-            kmeans_batches=kmeans_batches,  # the first batches whose latents seed the codebook by k-means
-            kmeans_iters=kmeans_iters,
-        ))
-    if kind == "fsq":
-        return ml_collections.ConfigDict(dict(kind=kind, levels=tuple(check_levels(levels))))
-    raise TokenizerError(f"quantizer kind {kind!r} is unknown; use 'vq' (EMA vector quantization) or 'fsq'.")
+# ---------------------------------------------------------------------------------------------
+# The quantizers behind one protocol, chosen by quantizer.kind
 
-def num_codes(quantizer: ml_collections.ConfigDict | dict) -> int:
-    q = dict(quantizer)
-    return fsq_num_codes(q["levels"]) if q["kind"] == "fsq" else int(q["num_codes"])
+class Quantizer(Protocol):
+    """What the VQ-VAE and its fitting task ask of a quantizer, whichever kind it is. State is
+    a dict of fp32 arrays ({} for a quantizer with nothing to learn)."""
 
-def code_dim(quantizer: ml_collections.ConfigDict | dict) -> int:
-    q = dict(quantizer)
-    return len(q["levels"]) if q["kind"] == "fsq" else int(q["code_dim"])
+    kind: ClassVar[str]
 
-def quantize(quantizer: ml_collections.ConfigDict, qstate: dict[str, jax.Array], z: jax.Array) -> Quantized:
-    if quantizer.kind == "fsq":
-        return fsq_quantize(z, quantizer.levels)
-    return vq_quantize(z, qstate, quantizer.l2)
+    @property
+    def num_codes(self) -> int: ...
 
-def lookup(quantizer: ml_collections.ConfigDict, qstate: dict[str, jax.Array], codes: jax.Array) -> jax.Array:
-    if quantizer.kind == "fsq":
-        return fsq_lookup(codes, quantizer.levels)
-    return vq_lookup(codes, qstate, quantizer.l2)
+    @property
+    def code_dim(self) -> int:
+        """Channels of the latents it quantizes: the encoder's output width."""
+
+    @property
+    def commitment_weight(self) -> float:
+        """Weight of the commitment loss in the fitting objective."""
+
+    def initial_state(self) -> dict[str, jax.Array]:
+        """The state's shapes, before fitting has seen a latent."""
+
+    def warm_start(self, latents: Callable[[int], jax.Array], key: jax.Array) -> dict[str, jax.Array]:
+        """The state fitting starts from; latents(i) is the initial encoder's output on batch i."""
+
+    def update(self, state: dict[str, jax.Array], z: jax.Array, codes: jax.Array,
+               key: jax.Array) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        """(state, metrics) after one training step's latents z and their codes."""
+
+    def quantize(self, state: dict[str, jax.Array], z: jax.Array) -> Quantized: ...
+
+    def lookup(self, state: dict[str, jax.Array], codes: jax.Array) -> jax.Array: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorQuantizer:
+    """EMA vector quantization: k-means over the first batches places the codes, running
+    averages of the latents each code wins move it, and codes left unused restart."""
+
+    kind: ClassVar[str] = "vq"
+    num_codes: int = 512
+    code_dim: int = 64              # a low dimension (8-32) with l2=True gives ViT-VQGAN's factorised codes
+    l2: bool = False                # codes and latents on the unit sphere (cosine matching)
+    decay: float = 0.99             # EMA decay of code counts and sums
+    beta: float = 0.25              # commitment weight on the encoder term
+    dead_threshold: float = 1.0     # EMA count below which a code restarts at a batch latent
+    kmeans_batches: int = 4         # the first batches whose latents seed the codebook by k-means
+    kmeans_iters: int = 10
+
+    @property
+    def commitment_weight(self) -> float:
+        return self.beta
+
+    def initial_state(self) -> dict[str, jax.Array]:
+        return vq_state(jnp.zeros((self.num_codes, self.code_dim)), jnp.zeros((self.num_codes,)))
+
+    def warm_start(self, latents: Callable[[int], jax.Array], key: jax.Array) -> dict[str, jax.Array]:
+        """The codebook from k-means over the latents of the first kmeans_batches batches."""
+        z = jnp.concatenate([latents(i) for i in range(self.kmeans_batches)])
+        batch_vectors = z.size // z.shape[-1] // self.kmeans_batches
+        check_vq_settings(self.num_codes, self.decay, self.dead_threshold, batch_vectors)
+        init = jax.jit(lambda z, key: vq_kmeans_init(z, self.num_codes, key, self.kmeans_iters, batch_vectors,
+                                                     self.l2))
+        return init(z, key)
+
+    def update(self, state: dict[str, jax.Array], z: jax.Array, codes: jax.Array,
+               key: jax.Array) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        state, restarted = vq_ema_update(state, z, codes, key, decay=self.decay,
+                                         dead_threshold=self.dead_threshold, l2=self.l2)
+        return state, {"restarted": restarted, "active_codes": jnp.mean(state["ema_count"] >= self.dead_threshold)}
+
+    def quantize(self, state: dict[str, jax.Array], z: jax.Array) -> Quantized:
+        return vq_quantize(z, state, self.l2)
+
+    def lookup(self, state: dict[str, jax.Array], codes: jax.Array) -> jax.Array:
+        return vq_lookup(codes, state, self.l2)
+
+
+@dataclasses.dataclass(frozen=True)
+class FiniteScalarQuantizer:
+    """FSQ: fixed bins per latent channel, so there is no state to learn and nothing to commit to."""
+
+    kind: ClassVar[str] = "fsq"
+    commitment_weight: ClassVar[float] = 0.0
+    levels: tuple[int, ...] = (8, 8, 8)  # bins per latent channel; their product is the number of codes
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "levels", check_levels(self.levels))
+
+    @property
+    def num_codes(self) -> int:
+        return fsq_num_codes(self.levels)
+
+    @property
+    def code_dim(self) -> int:
+        return len(self.levels)
+
+    def initial_state(self) -> dict[str, jax.Array]:
+        return {}
+
+    def warm_start(self, latents: Callable[[int], jax.Array], key: jax.Array) -> dict[str, jax.Array]:
+        return {}
+
+    def update(self, state: dict[str, jax.Array], z: jax.Array, codes: jax.Array,
+               key: jax.Array) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+        return state, {}
+
+    def quantize(self, state: dict[str, jax.Array], z: jax.Array) -> Quantized:
+        return fsq_quantize(z, self.levels)
+
+    def lookup(self, state: dict[str, jax.Array], codes: jax.Array) -> jax.Array:
+        return fsq_lookup(codes, self.levels)
+
+
+QUANTIZERS: dict[str, type] = {cls.kind: cls for cls in (VectorQuantizer, FiniteScalarQuantizer)}
+
+
+def _quantizer_class(kind: str) -> type:
+    if kind not in QUANTIZERS:
+        raise TokenizerError(f"quantizer kind {kind!r} is unknown; use one of {sorted(QUANTIZERS)} "
+                             "('vq': EMA vector quantization, 'fsq': finite scalar quantization).")
+    return QUANTIZERS[kind]
+
+
+def build_quantizer(quantizer: ml_collections.ConfigDict | dict) -> Quantizer:
+    """The quantizer a config section (or a saved tokenizer's settings) describes."""
+    settings = dict(quantizer)
+    return _quantizer_class(settings.pop("kind"))(**settings)
+
+
+def quantizer_config(kind: str = "vq", **settings: Any) -> ml_collections.ConfigDict:
+    """The quantizer section: `kind` and its own settings, defaults filled in. Settings of the
+    other kinds are dropped (one call can name both kinds' sizes) and unknown ones refused, so
+    overriding the other kind's field later is an error."""
+    cls = _quantizer_class(kind)
+    known = {f.name for c in QUANTIZERS.values() for f in dataclasses.fields(c)}
+    if set(settings) - known:
+        raise TokenizerError(f"quantizer settings {sorted(set(settings) - known)} are unknown; the kinds "
+                             f"take {sorted(known)}.")
+    own = {f.name for f in dataclasses.fields(cls)}
+    q = cls(**{k: v for k, v in settings.items() if k in own})
+    return ml_collections.ConfigDict(dict(kind=kind, **dataclasses.asdict(q)))

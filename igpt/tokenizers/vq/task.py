@@ -10,10 +10,11 @@ metrics.jsonl holds, besides the loop's fields ("step", "split", "lr", "step_tim
          and for VQ "active_codes", "restarted"
   eval:  "loss" (held-out reconstruction MSE on the [-1, 1] scale), "psnr", "psnr_image_mean"
          (images) | "snr", "stft" (audio), "usage", "perplexity"
-Eval passes over the whole held-out split. psnr comes from the mean squared error over all of
-it (hard images weigh in fully); psnr_image_mean averages per-image PSNRs, as many papers do,
-and reads about 1 dB higher. usage = distinct codes used / codebook size; perplexity =
-exp(entropy of the code histogram). The final eval is saved with the tokenizer.
+Eval passes over the whole held-out split. The modality (igpt/modalities/) supplies the
+training batches, the held-out inputs and the reconstruction metrics; the quantizer
+(quantizers.Quantizer) its state, k-means start and per-step update. usage = distinct codes
+used / codebook size; perplexity = exp(entropy of the code histogram). The final eval is saved
+with the tokenizer.
 """
 from __future__ import annotations
 
@@ -28,11 +29,12 @@ import optax
 from flax import nnx
 
 from igpt import sharding
-from igpt.data import audio, pipeline
+from igpt.data import pipeline
+from igpt.modalities import signal
 from igpt.tokenizers.base import TokenizerError
-from igpt.tokenizers.reconstruction import STFT_SIZES, code_usage, perplexity, psnr, snr, stft_distance
-from igpt.tokenizers.vq import augment, quantizers
-from igpt.tokenizers.vq.network import abstract_model, check_model, downsample, init_params, to_unit
+from igpt.tokenizers.reconstruction import code_usage, perplexity
+from igpt.tokenizers.vq.network import abstract_model, check_model, init_params
+from igpt.tokenizers.vq.quantizers import build_quantizer
 from igpt.tokenizers.vq.tokenizer import VQTokenizer
 from igpt.training import loop, optim
 from igpt.training.rundir import RunDir
@@ -94,54 +96,20 @@ def check_optim(o: ml_collections.ConfigDict, params: Any) -> None:
                              f"by their dotted paths: 'encoder', 'decoder' or one of {modules}.")
 
 
-def check_audio_frames(cfg: ml_collections.ConfigDict) -> None:
-    """Audio trains on random data.seq_len-sample windows and evaluates on the held-out clips cut
-    into data.seq_len-sample frames (as the data pipeline cuts them): check that length fits."""
-    frame, down = cfg.data.seq_len, downsample(cfg.model)
-    if frame <= 0 or frame % down or frame < max(STFT_SIZES):
-        raise TokenizerError(f"data.seq_len={frame} samples must be a positive multiple of the downsampling {down} "
-                             f"and at least {max(STFT_SIZES)} (the largest STFT of the eval); e.g. 2048.")
-
-def held_out(cfg: ml_collections.ConfigDict, examples: Any) -> np.ndarray:
-    """The eval inputs: every held-out image, or every held-out clip cut into data.seq_len-sample frames."""
-    if cfg.model.modality == "image":
-        return examples
-    return np.concatenate([audio.frames(w, cfg.data.seq_len) for w in examples])
-
 def evaluate(tokenizer: VQTokenizer, inputs: np.ndarray) -> dict[str, float]:
     """Reconstruction and codebook metrics over a full pass of `inputs`."""
     codes = tokenizer.encode(inputs)
     recon = tokenizer.decode(codes)
     k = tokenizer.vocab_size
-    out = {"usage": code_usage(codes, k), "perplexity": perplexity(codes, k)}
-    if tokenizer.modality == "image":
-        out["loss"] = float(np.mean(np.square(to_unit(inputs) - to_unit(recon))))
-        out["psnr"] = psnr(inputs, recon)
-        out["psnr_image_mean"] = float(np.mean(psnr(inputs, recon, axis=(1, 2, 3))))
-    else:
-        out["loss"] = float(np.mean(np.square(inputs - recon)))
-        out["snr"] = snr(inputs, recon)
-        out["stft"] = stft_distance(inputs, recon)
-    return out
+    return {"usage": code_usage(codes, k), "perplexity": perplexity(codes, k),
+            **tokenizer.modality.reconstruction(inputs, recon)}
 
 def batch_fn(cfg: ml_collections.ConfigDict, train: Any) -> Callable[[int], np.ndarray]:
-    """step -> this process's rows of global batch `step`."""
+    """step -> this process's rows of global batch `step` (the modality's fit_batches)."""
     b, p, n = cfg.train.global_batch, jax.process_index(), jax.process_count()
     rows = slice(p * b // n, (p + 1) * b // n)
-    if cfg.model.modality == "image":
-        unknown = set(cfg.train.augment) - set(augment.AUGMENTATIONS)
-        if unknown:
-            raise TokenizerError(f"train.augment has {sorted(unknown)}; choose from {augment.AUGMENTATIONS}.")
-        colour = augment.COLOUR_AUGMENTATIONS & set(cfg.train.augment)
-        if colour and train.shape[-1] != 3:
-            raise TokenizerError(f"train.augment {sorted(colour)} recolour RGB images, but {cfg.data.source} images "
-                                 f"have {train.shape[-1]} channel(s); drop them from train.augment.")
-        return lambda step: augment.image_batch(train, step, b, cfg.data.seed, tuple(cfg.train.augment))[rows]
-    crop = cfg.data.seq_len
-    if any(len(w) < crop for w in train):
-        raise TokenizerError(f"data.seq_len={crop} samples is longer than the shortest training clip "
-                             f"({min(len(w) for w in train)} samples); lower it.")
-    return lambda step: augment.audio_batch(train, step, b, cfg.data.seed, crop)[rows]
+    global_batch = signal(cfg.model.modality).fit_batches(cfg, train)
+    return lambda step: global_batch(step)[rows]
 
 def weight_average(average: Any, params: Any, step: jax.Array, decay: float) -> Any:
     """One step of the exponential moving average of the weights (Polyak averaging), with the
@@ -152,21 +120,22 @@ def weight_average(average: Any, params: Any, step: jax.Array, decay: float) -> 
 
 def objective(graphdef: Any, quantizer: ml_collections.ConfigDict, params: Any, qstate: dict[str, jax.Array],
               x: jax.Array) -> tuple[jax.Array, tuple[jax.Array, Any, jax.Array]]:
-    """(reconstruction MSE + beta * commitment, (latents, quantizer output, MSE)). The codebook
-    enters only through the quantizer's stop-gradients: it moves by the EMA, never by this loss."""
+    """(reconstruction MSE + commitment weight * commitment, (latents, quantizer output, MSE)).
+    The codebook enters only through the quantizer's stop-gradients: it moves by its update
+    (VQ's EMA), never by this loss."""
+    q = build_quantizer(quantizer)
     model = nnx.merge(graphdef, params)
     z = model.encode(x)
-    out = quantizers.quantize(quantizer, qstate, z)
+    out = q.quantize(qstate, z)
     recon = jnp.mean(jnp.square(model.decode(out.z_q) - x))
-    beta = quantizer.beta if quantizer.kind == "vq" else 0.0
-    return recon + beta * out.commitment_loss, (z, out, recon)
+    return recon + q.commitment_weight * out.commitment_loss, (z, out, recon)
 
 def make_train_step(graphdef: Any, cfg: ml_collections.ConfigDict, tx: optax.GradientTransformation) -> Callable:
     """(state, x) -> (state, metrics): Adam on `objective`, the weights' running average (when
-    train.ema_decay > 0), then the codebook's EMA step and dead-code restarts (VQ), all on the
-    global batch."""
-    q = cfg.quantizer
-    grad_fn = jax.value_and_grad(functools.partial(objective, graphdef, q), has_aux=True)
+    train.ema_decay > 0), then the quantizer's update (VQ: the codebook's EMA step and dead-code
+    restarts), all on the global batch."""
+    quantizer = build_quantizer(cfg.quantizer)
+    grad_fn = jax.value_and_grad(functools.partial(objective, graphdef, cfg.quantizer), has_aux=True)
 
     def step(state, x):
         qstate = state.get("quantizer", {})
@@ -177,31 +146,17 @@ def make_train_step(graphdef: Any, cfg: ml_collections.ConfigDict, tx: optax.Gra
         if "ema_params" in state:
             new["ema_params"] = weight_average(state["ema_params"], new["params"], state["step"],
                                                cfg.train.ema_decay)
-        k = quantizers.num_codes(q)
-        hist = jnp.bincount(out.codes.reshape(-1), length=k) / out.codes.size
+        hist = jnp.bincount(out.codes.reshape(-1), length=quantizer.num_codes) / out.codes.size
         metrics = {"loss": loss, "recon": recon, "commitment": out.commitment_loss,
                    "codebook_loss": out.codebook_loss, "grad_norm": optax.tree.norm(grads),
                    "perplexity": jnp.exp(-jnp.sum(jnp.where(hist > 0, hist * jnp.log(hist), 0.0)))}
-        if q.kind == "vq":
-            key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
-            new["quantizer"], metrics["restarted"] = quantizers.vq_ema_update(
-                qstate, z, out.codes, key, decay=q.decay, dead_threshold=q.dead_threshold, l2=q.l2)
-            metrics["active_codes"] = jnp.mean(new["quantizer"]["ema_count"] >= q.dead_threshold)
-        return new, metrics
+        key = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), state["step"])
+        qstate, quantizer_metrics = quantizer.update(qstate, z, out.codes, key)
+        if qstate:  # a quantizer with state (VQ's codebook) carries it in the train state
+            new["quantizer"] = qstate
+        return new, {**metrics, **quantizer_metrics}
 
     return step
-
-
-def kmeans_init(graphdef: Any, cfg: ml_collections.ConfigDict, params: Any, batches: Callable[[int], jax.Array]
-                ) -> dict[str, jax.Array]:
-    """The codebook from k-means over the initial encoder's latents of the first batches."""
-    q = cfg.quantizer
-    encode = jax.jit(lambda p, x: nnx.merge(graphdef, p).encode(x))
-    z = jnp.concatenate([encode(params, batches(i)) for i in range(q.kmeans_batches)])
-    batch_vectors = z.size // z.shape[-1] // q.kmeans_batches
-    quantizers.check_vq_settings(q.num_codes, q.decay, q.dead_threshold, batch_vectors)
-    init = jax.jit(lambda z, key: quantizers.vq_kmeans_init(z, q.num_codes, key, q.kmeans_iters, batch_vectors, q.l2))
-    return init(z, jax.random.key(cfg.seed))
 
 
 def _summary(metrics: dict[str, float]) -> str:
@@ -218,6 +173,7 @@ class VQFitTask:
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.cfg = cfg
         self.graphdef: Any = None
+        self.quantizer = build_quantizer(cfg.quantizer)
 
     def check(self) -> None:
         cfg = self.cfg
@@ -226,17 +182,18 @@ class VQFitTask:
                                  "e.g. 0.999 their running average.")
         check_model(cfg.model)
         check_optim(cfg.optim, nnx.state(abstract_model(cfg.model, cfg.quantizer), nnx.Param))
-        if cfg.model.modality == "audio":
-            check_audio_frames(cfg)
+        signal(cfg.model.modality).check_fit(cfg)
 
     def setup(self, run: RunDir, mesh: jax.sharding.Mesh) -> None:
         cfg = self.cfg
+        modality = signal(cfg.model.modality)
         train_examples = pipeline.load_examples(cfg.data, cfg.data.train_split)
-        self.eval_inputs = held_out(cfg, pipeline.load_examples(cfg.data, cfg.data.eval_split))
-        if cfg.model.modality == "image" and train_examples.shape[-1] != cfg.model.in_channels:
-            raise TokenizerError(f"{cfg.data.source} images have {train_examples.shape[-1]} channels but "
+        self.eval_inputs = modality.held_out(cfg, pipeline.load_examples(cfg.data, cfg.data.eval_split))
+        channels = modality.channels(train_examples)
+        if channels != cfg.model.in_channels:
+            raise TokenizerError(f"{cfg.data.source} {modality.name} examples have {channels} channels but "
                                  f"model.in_channels is {cfg.model.in_channels}; set --config.model.in_channels="
-                                 f"{train_examples.shape[-1]}.")
+                                 f"{channels}.")
         self.rows = batch_fn(cfg, train_examples)
         self.mesh = mesh
 
@@ -247,23 +204,25 @@ class VQFitTask:
         state = {"params": replicate(params), "rng": replicate(jax.random.key_data(jax.random.key(cfg.seed + 1)))}
         if cfg.train.ema_decay:
             state["ema_params"] = jax.tree.map(jnp.copy, state["params"])
-        if cfg.quantizer.kind == "vq":
-            k, d = cfg.quantizer.num_codes, cfg.quantizer.code_dim
-            state["quantizer"] = replicate(quantizers.vq_state(jnp.zeros((k, d)), jnp.zeros((k,))))
+        qstate = self.quantizer.initial_state()
+        if qstate:
+            state["quantizer"] = replicate(qstate)
         return state
 
     def optimizer_masks(self, params: Any) -> tuple[Any, Any]:
         return None, functools.partial(muon_kernels, adam_modules=tuple(self.cfg.optim.adam_modules))
 
     def initialize(self, state: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
-        if self.cfg.quantizer.kind == "vq":
-            put = lambda step: sharding.put_batch(self.rows(step), mesh, tuple(self.cfg.axis_rules))
-            codebook = kmeans_init(self.graphdef, self.cfg, state["params"], put)
-            state["quantizer"] = jax.device_put(codebook, sharding.replicated(mesh))
+        """The quantizer's start from the initial encoder's latents (VQ: k-means)."""
+        encode = jax.jit(lambda p, x: nnx.merge(self.graphdef, p).encode(x))
+        put = lambda step: sharding.put_batch(self.rows(step), mesh, tuple(self.cfg.axis_rules))
+        qstate = self.quantizer.warm_start(lambda i: encode(state["params"], put(i)), jax.random.key(self.cfg.seed))
+        if qstate:
+            state["quantizer"] = jax.device_put(qstate, sharding.replicated(mesh))
         return state
 
     def meta(self) -> dict[str, Any]:
-        return {"seed": self.cfg.seed, "data_seed": self.cfg.data.seed, "codes": quantizers.num_codes(self.cfg.quantizer)}
+        return {"seed": self.cfg.seed, "data_seed": self.cfg.data.seed, "codes": self.quantizer.num_codes}
 
     def make_train_step(self, tx: optax.GradientTransformation) -> Callable:
         return make_train_step(self.graphdef, self.cfg, tx)

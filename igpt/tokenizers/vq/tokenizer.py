@@ -2,7 +2,8 @@
 
   images uint8 [N, H, W, C]      -> int32 [N, (H/down) * (W/down)], raster order
   audio float32 [N, T] in [-1, 1] -> int32 [N, T/down]
-where `down` is the product of the model's strides. A data config using "vq:DIR" sets
+where `down` is the product of the model's strides; the modality (igpt/modalities/) checks
+and scales the inputs and shapes the outputs. A data config using "vq:DIR" sets
 data.seq_len to that token count, e.g. `image_seq_len(32, 4)` = 64 for 32x32 images at 4x.
 Loading a tokenizer needs only the saved weights: it never imports training code.
 """
@@ -10,10 +11,9 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import ml_collections
@@ -21,10 +21,11 @@ import numpy as np
 from einops import rearrange
 from flax import nnx
 
+from igpt.modalities import signal
 from igpt.tokenizers.base import TokenizerError, read_tokenizer_dir, write_tokenizer_dir
-from igpt.tokenizers.checks import as_tokens, as_uint8_images
-from igpt.tokenizers.vq.network import abstract_model, check_model, downsample, to_uint8, to_unit
-from igpt.tokenizers.vq.quantizers import lookup, num_codes, quantize
+from igpt.tokenizers.checks import as_tokens
+from igpt.tokenizers.vq.network import abstract_model, check_model, downsample
+from igpt.tokenizers.vq.quantizers import build_quantizer
 
 KIND = "vq"
 METRICS_FILE = "metrics.json"
@@ -44,13 +45,13 @@ def _codec(model_json: str, quantizer_json: str) -> tuple[Callable, Callable]:
     a new instance (an eval during training, a reload) compiles nothing again."""
     model = ml_collections.ConfigDict(_tuples(json.loads(model_json)))
     q = ml_collections.ConfigDict(_tuples(json.loads(quantizer_json)))
-    graphdef = nnx.graphdef(abstract_model(model, q))
+    graphdef, quantizer = nnx.graphdef(abstract_model(model, q)), build_quantizer(q)
 
     def encode(params, qstate, x):
-        return quantize(q, qstate, nnx.merge(graphdef, params).encode(x)).codes
+        return quantizer.quantize(qstate, nnx.merge(graphdef, params).encode(x)).codes
 
     def decode(params, qstate, codes):
-        return nnx.merge(graphdef, params).decode(lookup(q, qstate, codes))
+        return nnx.merge(graphdef, params).decode(quantizer.lookup(qstate, codes))
 
     return jax.jit(encode), jax.jit(decode)
 
@@ -76,67 +77,36 @@ class VQTokenizer:
         self.params = jax.tree.map(np.asarray, params)
         self.qstate = {k: np.asarray(v, np.float32) for k, v in qstate.items()}
         self.metrics = dict(metrics or {})
-        self.modality = self.model_cfg.modality
+        self.modality = signal(self.model_cfg.modality)
+        self.quantizer = build_quantizer(self.quantizer_cfg)
         self.downsample = downsample(self.model_cfg)
         self._encode, self._decode = _codec(self.model_cfg.to_json(), self.quantizer_cfg.to_json())
 
     @property
     def vocab_size(self) -> int:
-        return num_codes(self.quantizer_cfg)
+        return self.quantizer.num_codes
 
     def _chunked(self, fn: Callable, x: np.ndarray) -> np.ndarray:
         """fn over CHUNK examples at a time (once for an empty batch, which keeps its shape)."""
         return np.concatenate([np.asarray(fn(self.params, self.qstate, x[i:i + CHUNK]))
                                for i in range(0, max(len(x), 1), CHUNK)])
 
-    def _check_divisible(self, sizes: Sequence[int], what: str) -> None:
-        if any(s % self.downsample or s == 0 for s in sizes):
-            raise TokenizerError(
-                f"vq tokenizer got {what} of size {list(sizes)}; each must be a positive multiple of its "
-                f"downsampling {self.downsample}: crop or pad to a multiple of {self.downsample}.")
-
     def encode(self, batch: np.ndarray) -> np.ndarray:
         """Images uint8 [N, H, W, C] or audio float32 [N, T] -> int32 tokens [N, L]."""
-        if self.modality == "image":
-            images = as_uint8_images(batch, KIND, channels=(self.model_cfg.in_channels,))
-            self._check_divisible(images.shape[1:3], "images")
-            x = to_unit(images)
-        else:
-            x = self._as_audio(batch)[..., None]
+        x = self.modality.vq_input(batch, self.model_cfg.in_channels)
+        sizes = x.shape[1:-1]
+        if any(s % self.downsample or s == 0 for s in sizes):
+            raise TokenizerError(
+                f"vq tokenizer got {self.modality.name} examples of size {list(sizes)}; each must be a positive "
+                f"multiple of its downsampling {self.downsample}: crop or pad to a multiple of {self.downsample}.")
         codes = self._chunked(self._encode, x)
         return rearrange(codes, "n ... -> n (...)").astype(np.int32)
-
-    def _as_audio(self, batch: np.ndarray) -> np.ndarray:
-        wave = np.asarray(batch)
-        if wave.ndim != 2 or wave.dtype.kind != "f":
-            raise TokenizerError(
-                f"vq audio tokenizer got an array of shape {list(wave.shape)} and dtype {wave.dtype}; it expects "
-                "float frames [N, T] in [-1, 1] (add a batch axis for one frame: wave[None]).")
-        if not np.isfinite(wave).all() or np.abs(wave).max(initial=0.0) > 1.0:
-            raise TokenizerError("vq audio tokenizer got samples that are NaN/inf or outside [-1, 1]; "
-                                 "peak-normalise the waveform first.")
-        self._check_divisible(wave.shape[1:], "frames")
-        return wave.astype(np.float32)
 
     def decode(self, tokens: np.ndarray) -> np.ndarray:
         """Tokens [N, L] (square L for images) or [N, h, w] -> uint8 images [N, H, W, C] or
         float32 audio [N, L * down] in [-1, 1]."""
-        tokens = as_tokens(tokens, self.vocab_size, KIND).astype(np.int32)
-        if self.modality == "image":
-            if tokens.ndim == 2:
-                side = math.isqrt(tokens.shape[1])
-                if side * side != tokens.shape[1]:
-                    raise TokenizerError(
-                        f"vq tokenizer got tokens of shape {list(tokens.shape)}: {tokens.shape[1]} per row is not a "
-                        "square grid; pass [N, h, w] for non-square images.")
-                tokens = rearrange(tokens, "n (h w) -> n h w", h=side)
-            if tokens.ndim != 3:
-                raise TokenizerError(f"vq tokenizer got tokens of shape {list(tokens.shape)}; decode expects "
-                                     "[N, h*w] or [N, h, w].")
-            return to_uint8(self._chunked(self._decode, tokens))
-        if tokens.ndim != 2:
-            raise TokenizerError(f"vq audio tokenizer got tokens of shape {list(tokens.shape)}; decode expects [N, L].")
-        return np.clip(self._chunked(self._decode, tokens)[..., 0], -1.0, 1.0)
+        grid = self.modality.vq_grid(as_tokens(tokens, self.vocab_size, KIND).astype(np.int32))
+        return self.modality.vq_output(self._chunked(self._decode, grid))
 
     def save(self, directory: str | os.PathLike) -> None:
         """Weights and codebook to arrays.npz, configs to tokenizer.json, metrics to metrics.json."""
