@@ -1,7 +1,7 @@
 """Transfer at accelerator scale on TFDS catalog data: lm1b (text) and nsynth (audio) -> cifar10.
 
   igpt-transfer --config configs/catalog_transfer.py --workdir gs://bucket/exp \
-      --config.target.data_dir=gs://bucket/tfds --config.sources.text.data_dir=gs://bucket/tfds \
+      --config.target.data.data_dir=gs://bucket/tfds --config.sources.text.data_dir=gs://bucket/tfds \
       --config.sources.audio.data_dir=gs://bucket/tfds
 The datasets must be prepared beforehand as ArrayRecord (`tfds build lm1b nsynth cifar10
 --file_format=array_record`). An iGPT-S body (24 x 512) in bf16 with fp32 master weights,
@@ -27,15 +27,15 @@ def get_config():
         audio=specs.audio("tfds:nsynth", seq_len=1024, tokenizer="mulaw:256", sample_rate=16000,
                           eval_split="valid"),
     ))
-    c.source_optim = optim_config(lr=3e-4, warmup_steps=2000)
-    c.source_train = train_config(steps=50_000, global_batch=256)
-    c.source_train.eval_every = 2000
-    c.target = specs.images("tfds:cifar10", res=32, tokenizer="palette:512")
-    c.target_optim = optim_config(lr=3e-4, warmup_steps=1000)
-    c.target_train = train_config(steps=20_000, global_batch=256)
-    c.target_train.eval_every = 500
-    c.target_train.eval_batches = 16
-    c.target_train.checkpoint_every = 2000
+    c.source.optim = optim_config(lr=3e-4, warmup_steps=2000)
+    c.source.train = train_config(steps=50_000, global_batch=256)
+    c.source.train.eval_every = 2000
+    c.target.data = specs.images("tfds:cifar10", res=32, tokenizer="palette:512")
+    c.target.optim = optim_config(lr=3e-4, warmup_steps=1000)
+    c.target.train = train_config(steps=20_000, global_batch=256)
+    c.target.train.eval_every = 500
+    c.target.train.eval_batches = 16
+    c.target.train.checkpoint_every = 2000
     c.arms = (SCRATCH, "text/full", "audio/full", "text/frozen_body", "audio/frozen_body")
     c.seeds = (0, 1, 2)
     c.lrs = (1e-4, 3e-4, 1e-3)

@@ -21,15 +21,15 @@ def get_config():
         prose=specs.text("shipped:prose", seq_len=256, tokenizer="bytes"),
         music=specs.audio("shipped:music", seq_len=256, tokenizer="mulaw:256", sample_rate=8000),
     )
-    c.source_optim = optim_config(lr=2e-3, warmup_steps=30)
-    c.source_train = train_config(steps=200, global_batch=16)
-    c.source_train.eval_every = 100
-    c.target = specs.images("shipped:photos", res=16, tokenizer="palette:128")
-    c.target_optim = optim_config(lr=2e-3, warmup_steps=20)
-    c.target_train = train_config(steps=120, global_batch=16)
-    c.target_train.eval_every = 10
-    c.target_train.eval_batches = 2
-    c.target_train.checkpoint_every = 50
+    c.source.optim = optim_config(lr=2e-3, warmup_steps=30)
+    c.source.train = train_config(steps=200, global_batch=16)
+    c.source.train.eval_every = 100
+    c.target.data = specs.images("shipped:photos", res=16, tokenizer="palette:128")
+    c.target.optim = optim_config(lr=2e-3, warmup_steps=20)
+    c.target.train = train_config(steps=120, global_batch=16)
+    c.target.train.eval_every = 10
+    c.target.train.eval_batches = 2
+    c.target.train.checkpoint_every = 50
     c.arms = (SCRATCH, "prose/full", "music/full")
     c.seeds = (0, 1, 2)
     c.lrs = (2e-3,)

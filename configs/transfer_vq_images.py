@@ -8,7 +8,7 @@ so fit the tokenizer first, then run the experiment:
 
 A 2-layer, width-128 GPT is pretrained on shipped prose (UTF-8 bytes), then trained on the VQ
 tokens against a from-scratch baseline, 3 seeds each. Another tokenizer directory is
---config.target.tokenizer=vq:DIR; with 8x downsampling also set --config.target.seq_len=16
+--config.target.data.tokenizer=vq:DIR; with 8x downsampling also set --config.target.data.seq_len=16
 (one token per 8x8 patch: data.seq_len must equal the tokens per image). Expect about
 5 minutes on 2 CPU cores after the tokenizer, then runs/transfer_vq/report/report.html.
 """
@@ -28,16 +28,16 @@ def get_config():
     c.name = "prose-to-vq-image-tokens"
     c.model = model_config("nano", width=128)
     c.sources = dict(prose=specs.text("shipped:prose", seq_len=256, tokenizer="bytes"))
-    c.source_optim = optim_config(lr=2e-3, warmup_steps=30)
-    c.source_train = train_config(steps=300, global_batch=16)
-    c.source_train.eval_every = 100
-    c.target = specs.images("shipped:photos", res=RES, tokenizer=f"vq:{VQ_DIR}")
-    c.target.seq_len = vq.image_seq_len(RES, DOWNSAMPLE)  # 64 codes per image, not res*res pixels
-    c.target_optim = optim_config(lr=2e-3, warmup_steps=20)
-    c.target_train = train_config(steps=200, global_batch=32)
-    c.target_train.eval_every = 20
-    c.target_train.eval_batches = 4
-    c.target_train.checkpoint_every = 100
+    c.source.optim = optim_config(lr=2e-3, warmup_steps=30)
+    c.source.train = train_config(steps=300, global_batch=16)
+    c.source.train.eval_every = 100
+    c.target.data = specs.images("shipped:photos", res=RES, tokenizer=f"vq:{VQ_DIR}")
+    c.target.data.seq_len = vq.image_seq_len(RES, DOWNSAMPLE)  # 64 codes per image, not res*res pixels
+    c.target.optim = optim_config(lr=2e-3, warmup_steps=20)
+    c.target.train = train_config(steps=200, global_batch=32)
+    c.target.train.eval_every = 20
+    c.target.train.eval_batches = 4
+    c.target.train.checkpoint_every = 100
     c.arms = (SCRATCH, "prose/full")
     c.seeds = (0, 1, 2)
     c.lrs = (2e-3,)

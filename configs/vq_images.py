@@ -14,17 +14,11 @@ from igpt.tokenizers import vq
 from igpt.tokenizers.vq import task
 
 
-# Per quantizer, the recipe that measured best (RESULTS.md). Muon gains held-out PSNR (+0.4 dB
-# at 1000 steps, for about 1.3x Adam's step time); on VQ's encoder it also leaves 11% of the
-# codebook unused on held-out photos (Adam on its last layer alone does not restore them), so
-# VQ's encoder keeps Adam. The running average's decay (0.998 or 0.999) moved FSQ by 0.001 dB. With
-# the average, FSQ likes its learning rate to stay up: the cosine ending at 0.3 lr measured 23.85
-# dB at 1000 steps against 23.80 (0.1 lr), 23.83 (0.6) and 23.73 (0); 23.96 against 23.95 at 1600.
-# FSQ's third residual block (both halves) gains 0.04-0.05 dB at equal steps for 1.3x the step.
+# Per quantizer, the recipe that measured best (the figures: benchmarks/RESULTS.md). VQ's encoder
+# trains with Adam: under Muon it leaves part of the codebook unused on held-out photos.
 RECIPES = {"vq": dict(steps=1650, res_blocks=2, lr=4e-3, min_lr_ratio=0.1, adam_modules=("encoder",), ema_decay=0.999),
            "fsq": dict(steps=1500, res_blocks=3, lr=4e-3, min_lr_ratio=0.3, adam_modules=(), ema_decay=0.998)}
-# 512 FSQ codes as four channels: +0.2 dB held-out PSNR and +5 points of usage over (8, 8, 8)
-# with Muon at 1000 steps; five, (4, 4, 4, 4, 2), lost 0.1 dB.
+# 512 FSQ codes as four channels: more of them used, and sharper, than as three (8, 8, 8).
 FSQ_LEVELS = (8, 4, 4, 4)
 
 

@@ -1,8 +1,8 @@
 """glibc malloc settings for XLA:CPU, applied by re-executing the CLI before jax loads.
 
 XLA's worker threads allocate the large attention buffers through many malloc arenas and
-mmap; each step then page-faults its buffers back in (~20% of CPU time on a 2-core machine,
-+30% throughput once fixed; measured in ../shared/JAX-STACK-NOTES.md). The variables only
+mmap; each step then page-faults its buffers back in (the figures: benchmarks/RESULTS.md and
+../shared/JAX-STACK-NOTES.md). The variables only
 take effect at process start, hence the re-exec. IGPT_NO_MALLOC_TUNING=1 turns it off.
 """
 from __future__ import annotations

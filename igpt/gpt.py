@@ -10,6 +10,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import nnx
 
@@ -21,7 +22,8 @@ from igpt.training.checkpoint import restore_params
 from igpt.training.metrics import bits
 from igpt.training.rundir import RunDir
 from igpt.transfer import init as transfer_init
-from igpt.transfer.arms import SCRATCH, check_mode
+from igpt.transfer.arms import check_mode
+from igpt.transfer.init import needs_source
 
 
 def optim_config(lr: float = 3e-4, warmup_steps: int = 100) -> ml_collections.ConfigDict:
@@ -31,8 +33,17 @@ def optim_config(lr: float = 3e-4, warmup_steps: int = 100) -> ml_collections.Co
 
 
 def train_config(steps: int = 1000, global_batch: int = 32) -> ml_collections.ConfigDict:
-    t = loop.train_config(steps, global_batch, eval_batches=4)  # eval_batches: fixed eval batches per eval
-    return t
+    return loop.train_config(
+        steps, global_batch,
+        eval_batches=4,  # fixed eval batches per eval
+        shuffle_tokens=False)  # train on each sequence's tokens in random order (the shuffled-source control)
+
+
+def shuffle_within_rows(rows: np.ndarray, seed: int, step: int) -> np.ndarray:
+    """Each row's tokens in a random order drawn from (seed, step): the unigram statistics of
+    every sequence stay, its structure goes."""
+    rng = np.random.default_rng([seed, step, 1])
+    return np.take_along_axis(rows, rng.permuted(np.broadcast_to(np.arange(rows.shape[1]), rows.shape), axis=1), 1)
 
 
 def base_config(model: ml_collections.ConfigDict, data: ml_collections.ConfigDict, *,
@@ -133,9 +144,8 @@ class GPTTask:
 
     def initialize(self, state: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
         init = self.cfg.init
-        if init.mode != SCRATCH:
-            source, _ = restore_params(init.source, sharding.replicated(mesh))
-            state["params"] = transfer_init.transplant(state["params"], source, init.positions)
+        source = restore_params(init.source, sharding.replicated(mesh))[0] if needs_source(init.mode) else None
+        state["params"] = transfer_init.initialize(init, state["params"], source, self.cfg.seed)
         return state
 
     def meta(self) -> dict[str, Any]:
@@ -143,8 +153,11 @@ class GPTTask:
         return {"seed": cfg.seed, "data_seed": cfg.data.seed, "seq_len": cfg.data.seq_len, "vocab": self.vocab}
 
     def rows(self, step: int) -> Any:
-        return self.train_data.batch(step, self.cfg.train.global_batch, process_index=jax.process_index(),
+        rows = self.train_data.batch(step, self.cfg.train.global_batch, process_index=jax.process_index(),
                                      process_count=jax.process_count())
+        if self.cfg.train.shuffle_tokens:
+            rows = shuffle_within_rows(rows, self.cfg.data.seed, step * jax.process_count() + jax.process_index())
+        return rows
 
     def make_train_step(self, tx: optax.GradientTransformation) -> Callable:
         objective = make_objective(self.graphdef, self.vocab, self.cfg.optim.z_loss)

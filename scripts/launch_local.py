@@ -2,7 +2,7 @@
 """Run N copies of a command on this machine as one multi-process jax job.
 
   python scripts/launch_local.py --num-processes 2 --devices-per-process 4 -- \\
-      igpt-train --config configs/tiny.py --workdir runs/mp
+      igpt-train --config configs/tiny_images.py --workdir runs/mp
 
 Copy K gets IGPT_COORDINATOR_ADDRESS=127.0.0.1:<free port>, IGPT_NUM_PROCESSES=N,
 IGPT_PROCESS_ID=K and IGPT_LOCAL_DEVICE_COUNT=<devices>, which

@@ -3,7 +3,7 @@
 
   python scripts/launch_slurm.py --nodes 2 --gpus-per-node 8 --time 04:00:00 \\
       --setup "source .venv/bin/activate" -- \\
-      igpt-train --config configs/tiny.py --workdir /shared/runs/tiny
+      igpt-train --config configs/tiny_images.py --workdir /shared/runs/tiny
 
 One task per GPU (--ntasks-per-node = --gpus-per-node), because that is what jax's SLURM
 detection expects: `jax.distributed.initialize()` under `srun` takes the process count and

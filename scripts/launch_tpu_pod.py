@@ -2,7 +2,7 @@
 """Run a command on every host of a Cloud TPU pod slice, through `gcloud ... ssh --worker=all`.
 
   python scripts/launch_tpu_pod.py --name my-v4-32 --zone us-central2-b --setup -- \\
-      igpt-train --config configs/tiny.py --workdir gs://my-bucket/runs/tiny
+      igpt-train --config configs/tiny_images.py --workdir gs://my-bucket/runs/tiny
 
 Each host runs `cd REPO_DIR && COMMAND --config.distributed.initialize=cluster`, so the
 trainer calls `jax.distributed.initialize()` with no arguments and jax learns the hosts

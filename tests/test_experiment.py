@@ -16,10 +16,13 @@ from trainer_fixtures import REPO, cli_env
 from tiny_experiment import get_config
 
 
+TARGETS = [2.5, 2.4]  # bits/token, fixed before the runs: every seed of every arm reaches them
+
+
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory, data_dir):
     exp = run_experiment(get_config(data_dir), tmp_path_factory.mktemp("planted"), log=lambda *_: None)
-    return write_report([exp], exp / "report")
+    return write_report([exp], exp / "report", targets=TARGETS)
 
 
 def test_same_distribution_pretraining_transfers(planted):
@@ -40,8 +43,8 @@ def _summary_without_paths(exp_dir) -> str:
 def _transfer_cli(workdir, data_dir):
     return [sys.executable, "-m", "igpt.commands.transfer", f"--config={REPO / 'tests' / 'tiny_experiment.py'}",
             f"--workdir={workdir}", "--config.arms=('scratch','digits/full')", "--config.seeds=(0,1)",
-            "--config.source_train.steps=40", "--config.target_train.steps=20",
-            f"--config.target.data_dir={data_dir}", f"--config.sources.digits.data_dir={data_dir}",
+            "--config.source.train.steps=40", "--config.target.train.steps=20",
+            f"--config.target.data.data_dir={data_dir}", f"--config.sources.digits.data_dir={data_dir}",
             f"--config.sources.noise.data_dir={data_dir}"]
 
 

@@ -65,3 +65,49 @@ def test_sigterm_and_sigint_ask_to_stop(sig):
     finally:
         flag.restore()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_one_step_smoke_of_the_vq_fitting_task(tmp_path, data_dir):
+    """The VQ task through the same loop as GPT's: run.json, metrics, the saved tokenizer."""
+    from igpt import tokenizers
+    from igpt.data import specs
+    from igpt.tokenizers import vq
+    from igpt.tokenizers.vq import task as vqtask
+
+    cfg = vqtask.base_config(
+        model=vq.model_config("image", strides=(2, 2), channels=(8, 8), res_blocks=1, res_channels=8),
+        quantizer=vq.quantizer_config("fsq", levels=(4, 4)),
+        data=specs.images("shipped:photos", res=8, tokenizer="vq", data_dir=data_dir, max_examples=16),
+        train=vqtask.train_config(steps=1, global_batch=4))
+    cfg.mesh.num_devices = 1
+    tok = vqtask.fit(cfg, tmp_path)
+    run = RunDir.at(tmp_path)
+    info = run.read_info()
+    assert (info["task"], info["status"], info["step"]) == ("vq", "finished", 1)
+    evals = [r for r in read_metrics(tmp_path) if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [1] and evals[0]["psnr"] == tok.metrics["psnr"]
+    assert tokenizers.load(run.tokenizer).vocab_size == 16
+
+
+def _lrs(schedule: str, steps: int = 100, **fields) -> list[float]:
+    from igpt.training import optim
+    o = optim.optim_config(lr=1.0, warmup_steps=10, schedule=schedule, min_lr_ratio=0.1, **fields)
+    optim.check(o, optim.OPTIMIZERS)
+    f = optim.make_schedule(o, steps)
+    return [float(f(s)) for s in range(steps)]
+
+
+def test_schedules_warm_up_then_decay_as_named():
+    cosine, constant, wsd = _lrs("cosine"), _lrs("constant"), _lrs("wsd", decay_fraction=0.2)
+    for lrs in (cosine, constant, wsd):
+        assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5) and lrs[10] == pytest.approx(1.0)
+    assert all(lr == pytest.approx(1.0) for lr in constant[10:])
+    assert all(lr == pytest.approx(1.0) for lr in wsd[10:81]) and wsd[-1] == pytest.approx(0.1, abs=0.01)
+    assert all(a >= b for a, b in zip(wsd[80:], wsd[81:]))
+    assert cosine[55] < 0.6 and cosine[-1] == pytest.approx(0.1, abs=0.01)
+
+
+def test_a_bad_schedule_is_refused():
+    from igpt.training import optim
+    with pytest.raises(optim.OptimizerError, match="optim.schedule 'linear' is unknown"):
+        optim.check(optim.optim_config(schedule="linear"), optim.OPTIMIZERS)

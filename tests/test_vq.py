@@ -457,12 +457,13 @@ def test_fit_then_transfer_on_vq_image_tokens_end_to_end(data_dir, tmp_path):
     exp = tmp_path / "exp"
     ran = _command(
         "igpt-transfer", f"--config={REPO / 'configs' / 'transfer_vq_images.py'}", f"--workdir={exp}",
-        f"--config.target.tokenizer=vq:{tok_dir}", "--config.target.resolution=16", "--config.target.seq_len=16",
-        f"--config.target.data_dir={data_dir}", "--config.target.max_examples=256",
+        f"--config.target.data.tokenizer=vq:{tok_dir}", "--config.target.data.resolution=16",
+        "--config.target.data.seq_len=16", f"--config.target.data.data_dir={data_dir}",
+        "--config.target.data.max_examples=256",
         f"--config.sources.prose.data_dir={data_dir}", "--config.sources.prose.seq_len=64",
-        "--config.source_train.steps=10", "--config.source_train.global_batch=8",
-        "--config.target_train.steps=10", "--config.target_train.global_batch=8",
-        "--config.target_train.eval_every=5", "--config.target_train.checkpoint_every=5", "--config.seeds=(0,)")
+        "--config.source.train.steps=10", "--config.source.train.global_batch=8",
+        "--config.target.train.steps=10", "--config.target.train.global_batch=8",
+        "--config.target.train.eval_every=5", "--config.target.train.checkpoint_every=5", "--config.seeds=(0,)")
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert json.loads((exp / "experiment.json").read_text())["complete"]
     for arm in ("scratch", "prose__full"):

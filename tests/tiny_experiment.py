@@ -1,6 +1,6 @@
 """A tiny transfer experiment on 8x8 digits (16 gray levels), for the experiment tests.
 
-  igpt-transfer --config tests/tiny_experiment.py --workdir /tmp/exp --config.target.data_dir=/tmp/tfds
+  igpt-transfer --config tests/tiny_experiment.py --workdir /tmp/exp --config.target.data.data_dir=/tmp/tfds
 Sources: "digits" (the target's own distribution: a planted positive) and "noise" (uniform
 random pixels as 256 gray levels: uniformly random tokens, another vocabulary, so only the
 body is carried over: nothing to transfer). Sources train at lr 2e-3: at 1e-2, Adam on pure
@@ -23,15 +23,15 @@ def get_config(data_dir: str = "~/.cache/igpt/tfds"):
     c.sources = ml_collections.ConfigDict(dict(
         digits=specs.images("shipped:digits", res=8, tokenizer="gray:16", data_dir=data_dir),
         noise=specs.images("shipped:noise", res=8, tokenizer="gray:256", data_dir=data_dir)))
-    c.source_optim = optim_config(lr=2e-3, warmup_steps=10)
-    c.source_train = train_config(steps=150, global_batch=32)
-    c.source_train.eval_every = 50
-    c.target = specs.images("shipped:digits", res=8, tokenizer="gray:16", data_dir=data_dir)
-    c.target_optim = optim_config(lr=1e-2, warmup_steps=5)
-    c.target_train = train_config(steps=60, global_batch=32)
-    c.target_train.eval_every = 5
-    c.target_train.eval_batches = 2
-    c.target_train.checkpoint_every = 20
+    c.source.optim = optim_config(lr=2e-3, warmup_steps=10)
+    c.source.train = train_config(steps=150, global_batch=32)
+    c.source.train.eval_every = 50
+    c.target.data = specs.images("shipped:digits", res=8, tokenizer="gray:16", data_dir=data_dir)
+    c.target.optim = optim_config(lr=1e-2, warmup_steps=5)
+    c.target.train = train_config(steps=60, global_batch=32)
+    c.target.train.eval_every = 5
+    c.target.train.eval_batches = 2
+    c.target.train.checkpoint_every = 20
     c.arms = (SCRATCH, "digits/full", "noise/full")
     c.seeds = (0, 1, 2)
     c.lrs = (1e-2,)

@@ -226,7 +226,9 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
                 run_dir.write_config(config_json)
             elif start is not None and changed:
                 write_json_atomic(run_dir.resumed_config(start), config_json)
-            run_dir.update_info(**(info or {}), task=task.kind, status="running", step=start or 0, steps=t.steps)
+            run_dir.update_info(**(info or {}), task=task.kind, status="running", step=start or 0, steps=t.steps,
+                                schedule=cfg.optim.schedule,
+                                **{f"flops_per_{task.units[:-1]}": getattr(task, "flops_per_unit", 0.0)})
         step_fn, put = built.train_step, built.put
         loop = _Loop(task, run_dir, ckpt, schedule, is_main, start or 0)
         try:

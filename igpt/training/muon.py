@@ -3,8 +3,7 @@ viewed as matrices (window x in, out), with Adam on every other weight.
 
 It makes the updates of optax.contrib.muon (same momentum, quintic coefficients, RMS scaling
 and Adam settings) but runs the iteration on the Gram matrix, whose side is the matrix's
-smaller one: on the VQ-VAE's kernels the update takes a third of optax's time on CPU, and a
-training step 3-11% less (benchmarks/RESULTS.md, bench_muon.py).
+smaller one, so the update costs less on the VQ-VAE's tall kernels (benchmarks/bench_muon.py).
 """
 from __future__ import annotations
 

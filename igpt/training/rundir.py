@@ -4,7 +4,8 @@
   RUN/config.resumed-at-<step>.json   a config accepted on resume with train.accept_config_changes
   RUN/versions.json    the libraries it ran with
   RUN/run.json         who the run is and where it stands: {"task", "status", "step", "steps",
-                       "finished", plus what an experiment adds: "role", "arm", "seed", "lr", ...}
+                       "finished", "flops_per_token" (GPT: training FLOPs per token, 0 if unknown),
+                       plus what an experiment adds: "role", "arm", "seed", "lr", ...}
   RUN/metrics.jsonl    one JSON object per log/eval step (igpt.training.metrics)
   RUN/checkpoints/     orbax checkpoints (igpt.training.checkpoint)
   RUN/tokenizer/       the tokenizer the run fitted or copied

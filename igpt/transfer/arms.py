@@ -1,8 +1,9 @@
 """The arms of a transfer experiment, parsed once from the config's strings.
 
-An arm is "scratch" (the baseline: fresh weights) or "<source>/<mode>" with mode full,
-frozen_body or layers=i,j (igpt.transfer.init says what each carries and trains). No jax,
-so the report can name the baseline without it.
+An arm is "scratch" (the baseline: fresh weights), a control that needs no source ("mimetic",
+"frozen_random"), or "<source>/<mode>" with mode full, frozen_body, layers=i,j, or one of the
+source controls stats_init and shuffled_source (igpt.transfer.init says what each carries and
+trains). No jax, so the report can name the baseline and the controls without it.
 """
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ from dataclasses import dataclass
 from typing import Sequence
 
 SCRATCH = "scratch"
-MODES = (SCRATCH, "full", "frozen_body", "layers")
+SOURCELESS_MODES = (SCRATCH, "mimetic", "frozen_random")  # arms named by the mode alone
+SOURCE_MODES = ("full", "frozen_body", "layers", "stats_init", "shuffled_source")  # "<source>/<mode>"
+MODES = SOURCELESS_MODES + SOURCE_MODES
+CONTROLS = ("stats_init", "shuffled_source", "mimetic", "frozen_random")  # what a transfer claim must beat
+SHUFFLED = "shuffled"  # the shuffled-source control pretrains its own source run, "<source>__shuffled"
 _LAYERS = "layers="
 _DIR_SEP = "__"  # "/" in an arm name becomes this in its run directory name
 
@@ -38,6 +43,13 @@ class Arm:
     layers: tuple[int, ...] = ()
 
     @property
+    def source_run(self) -> str | None:
+        """The source run this arm starts from: its source's, or the token-shuffled twin of it."""
+        if self.source is None:
+            return None
+        return f"{self.source}{_DIR_SEP}{SHUFFLED}" if self.mode == "shuffled_source" else self.source
+
+    @property
     def dirname(self) -> str:
         """Run directory name, "/" spelled "__": "prose/layers=0,1" -> "prose__layers=0,1"."""
         return self.name.replace("/", _DIR_SEP)
@@ -46,15 +58,15 @@ class Arm:
 def parse_arm(text: str, sources: Sequence[str], num_layers: int) -> Arm:
     """'prose/layers=0,1' -> Arm('prose/layers=0,1', 'prose', 'layers', (0, 1)); 'scratch' ->
     Arm('scratch', None, 'scratch'). Raises TransferError naming the accepted forms."""
-    if text == SCRATCH:
-        return Arm(text, None, SCRATCH)
+    if text in SOURCELESS_MODES:
+        return Arm(text, None, text)
     source, _, mode = text.partition("/")
     layers: tuple[int, ...] = ()
     if mode.startswith(_LAYERS):
         mode, layers = "layers", tuple(int(i) for i in mode[len(_LAYERS):].split(",") if i)
-    if source not in sources or mode not in MODES or mode == SCRATCH:
+    if source not in sources or mode not in SOURCE_MODES:
         raise TransferError(
-            f"arm {text!r}: write {SCRATCH!r} or '<source>/<mode>' with a source in {list(sources)} and "
-            "a mode in full, frozen_body, layers=i,j.")
+            f"arm {text!r}: write one of {SOURCELESS_MODES} or '<source>/<mode>' with a source in "
+            f"{list(sources)} and a mode in full, frozen_body, layers=i,j, stats_init, shuffled_source.")
     check_mode(mode, layers, num_layers)
     return Arm(text, source, mode, layers)

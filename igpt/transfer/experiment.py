@@ -24,7 +24,7 @@ import ml_collections
 
 from igpt import distributed, sharding
 from igpt.data import pipeline
-from igpt.gpt import base_config, optim_config, train
+from igpt.gpt import base_config, optim_config, train, train_config
 from igpt.training.rundir import RunDir
 from igpt.transfer import init as transfer_init
 from igpt.transfer.arms import SCRATCH, parse_arm
@@ -33,16 +33,18 @@ TARGET_TOKENIZER = "target_tokenizer"
 
 
 def experiment_config() -> ml_collections.ConfigDict:
-    """Fields every experiment config fills (configs/demo_transfer.py is the example)."""
+    """Fields every experiment config fills (configs/demo_transfer.py is the example). `source`
+    and `target` are run templates, in the sections and spellings of a GPT run's config
+    (igpt.gpt.base_config): every source pretrains with `source`'s optim and train on its own
+    data; every target run takes `target`'s data, optim and train, with the arm's init, the
+    seed's data order and the learning rate of the grid."""
     return ml_collections.ConfigDict(dict(
         name="experiment",
         model=ml_collections.ConfigDict(),      # one body shape for sources and target
         sources=ml_collections.ConfigDict(),    # name -> data spec (igpt.data.specs)
-        source_optim=optim_config(),
-        source_train=ml_collections.ConfigDict(),
-        target=ml_collections.ConfigDict(),     # data spec of the target modality
-        target_optim=optim_config(),
-        target_train=ml_collections.ConfigDict(),
+        source=ml_collections.ConfigDict(dict(optim=optim_config(), train=train_config())),
+        target=ml_collections.ConfigDict(dict(data=ml_collections.ConfigDict(), optim=optim_config(),
+                                              train=train_config())),
         arms=(SCRATCH,),                        # "scratch" | "<source>/full" | "<source>/frozen_body" | "<source>/layers=0,1"
         seeds=(0, 1, 2),
         lrs=(3e-4,),                            # target learning-rate grid, run for every arm
@@ -54,15 +56,26 @@ def experiment_config() -> ml_collections.ConfigDict:
     ))
 
 
-def _run_config(c, data, optim, train_cfg, seed: int) -> ml_collections.ConfigDict:
-    cfg = base_config(model=c.model, data=data, optim=optim, train=train_cfg, seed=seed)
-    cfg.mesh, cfg.axis_rules, cfg.distributed = c.mesh, c.axis_rules, c.distributed
+def _run_config(c, template: ml_collections.ConfigDict, data: ml_collections.ConfigDict,
+                seed: int) -> ml_collections.ConfigDict:
+    """A GPT run's config from a template; each run gets its own copy of every section."""
+    copy = lambda section: ml_collections.ConfigDict(section.to_dict())
+    cfg = base_config(model=copy(c.model), data=copy(data), optim=copy(template.optim), train=copy(template.train),
+                      seed=seed)
+    cfg.mesh, cfg.axis_rules, cfg.distributed = copy(c.mesh), c.axis_rules, copy(c.distributed)
     return cfg
 
 
 def source_runs(c) -> dict[str, ml_collections.ConfigDict]:
-    return {name: _run_config(c, c.sources[name], c.source_optim, c.source_train, seed=0)
-            for name in c.sources}
+    """Source run name -> config: each source, and the token-shuffled twin of each source a
+    shuffled_source arm names."""
+    runs = {name: _run_config(c, c.source, c.sources[name], seed=0) for name in c.sources}
+    for text in c.arms:
+        arm = parse_arm(text, list(c.sources), c.model.num_layers)
+        if arm.mode == "shuffled_source":
+            runs[arm.source_run] = _run_config(c, c.source, c.sources[arm.source], seed=0)
+            runs[arm.source_run].train.shuffle_tokens = True
+    return runs
 
 
 def target_runs(c, exp_dir: Path) -> dict[str, tuple[ml_collections.ConfigDict, dict[str, Any]]]:
@@ -72,14 +85,12 @@ def target_runs(c, exp_dir: Path) -> dict[str, tuple[ml_collections.ConfigDict, 
         arm = parse_arm(text, list(c.sources), c.model.num_layers)
         for lr in c.lrs:
             for seed in c.seeds:
-                data = ml_collections.ConfigDict(c.target.to_dict())
-                data.seed = seed  # the same data order for every arm within a seed
-                data.tokenizer = str(exp_dir / TARGET_TOKENIZER)  # one tokenizer for every arm
-                optim = ml_collections.ConfigDict(c.target_optim.to_dict())
-                optim.lr = lr
-                cfg = _run_config(c, data, optim, c.target_train, seed=seed)
+                cfg = _run_config(c, c.target, c.target.data, seed=seed)
+                cfg.data.seed = seed  # the same data order for every arm within a seed
+                cfg.data.tokenizer = str(exp_dir / TARGET_TOKENIZER)  # one tokenizer for every arm
+                cfg.optim.lr = lr
                 cfg.init = transfer_init.init_config(
-                    arm.mode, str(exp_dir / "sources" / arm.source) if arm.source else "", arm.layers,
+                    arm.mode, str(exp_dir / "sources" / arm.source_run) if arm.source else "", arm.layers,
                     c.positions)
                 rel = f"target/{arm.dirname}/lr{lr:g}/seed{seed}"
                 runs[rel] = (cfg, {"role": "target", "arm": arm.name, "seed": seed, "lr": lr,
@@ -90,7 +101,7 @@ def target_runs(c, exp_dir: Path) -> dict[str, tuple[ml_collections.ConfigDict, 
 def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
     if jax.process_index() != 0:
         return
-    info = {"name": c.name, "target": c.target.source, "sources": list(c.sources), "arms": list(c.arms),
+    info = {"name": c.name, "target": c.target.data.source, "sources": list(c.sources), "arms": list(c.arms),
             "seeds": list(c.seeds), "lrs": list(c.lrs), "complete": complete}
     tmp = exp_dir / "experiment.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
@@ -113,13 +124,14 @@ def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print)
     distributed.maybe_initialize(c.distributed)
     targets = target_runs(c, exp_dir)  # validates every arm before any training
     _write_experiment(exp_dir, c, complete=False)
-    pipeline.build_tokenizer(c.target, cache_dir=exp_dir / TARGET_TOKENIZER)
+    pipeline.build_tokenizer(c.target.data, cache_dir=exp_dir / TARGET_TOKENIZER)
     jax.config.update("jax_compilation_cache_dir", str(exp_dir / ".jax_cache"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     for name, cfg in source_runs(c).items():
         log(f"source {name}: pretraining on {cfg.data.source}")
-        _train_once(cfg, exp_dir / "sources" / name, {"role": "source", "arm": None, "seed": 0,
-                                                      "lr": cfg.optim.lr, "mode": None, "source": name}, c, log)
+        _train_once(cfg, exp_dir / "sources" / name, {"role": "source", "arm": None, "seed": 0, "lr": cfg.optim.lr,
+                                                      "mode": None, "source": name,
+                                                      "shuffled_tokens": cfg.train.shuffle_tokens}, c, log)
     for rel, (cfg, info) in targets.items():
         log(f"target arm {info['arm']} lr {info['lr']:g} seed {info['seed']}")
         _train_once(cfg, exp_dir / rel, info, c, log)

@@ -8,6 +8,15 @@ Modes (config `init.mode`):
                and head trained (the Frozen Pretrained Transformer recipe).
   layers       the blocks in `init.layers` trained, the other blocks frozen; embeddings,
                positions, final norm and head trained (partial bridge training).
+Controls, each keeping one thing of pretraining and destroying the rest (a transfer claim
+must beat them, not only scratch):
+  stats_init       every tensor drawn i.i.d. from a normal with the source tensor's mean and
+                   std (FPT's statistics-only control); all trained.
+  shuffled_source  "full" from a source pretrained on its data with the tokens of every
+                   sequence shuffled (unigram statistics kept, structure destroyed).
+  mimetic          no source: attention initialised so that W_q W_k^T ~ a Z + b I and
+                   W_v W_o ~ a Z - b I per head (Trockman & Kolter 2023); all trained.
+  frozen_random    no source: "frozen_body" with the random weights of the fresh model.
 Pure functions over nnx.State trees, keyed by parameter paths. The mode names, their check
 and TransferError live in igpt.transfer.arms (no jax there, for the report).
 """
@@ -20,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from igpt.transfer.arms import SCRATCH, TransferError
+from igpt.transfer.arms import SCRATCH, SOURCE_MODES, TransferError
 from igpt.training.optim import FREEZE, TRAIN
 from igpt.treepaths import path_names
 
@@ -33,6 +42,10 @@ def init_config(mode: str = SCRATCH, source: str = "", layers: Sequence[int] = (
         layers=tuple(layers),  # blocks trained in mode "layers"
         positions=positions,   # "interpolate" | "reinit" when sequence lengths differ
     ))
+
+
+def needs_source(mode: str) -> bool:
+    return mode in SOURCE_MODES
 
 
 def _block_index(names: tuple[str, ...]) -> int | None:
@@ -48,7 +61,7 @@ def param_labels(params: Any, mode: str, layers: Sequence[int] = ()) -> Any:
     """A tree like `params` of 'train' / 'freeze' labels for optax.multi_transform."""
     def label(path, _):
         names = path_names(path)
-        if mode == "frozen_body" and _is_body_weight(names):
+        if mode in ("frozen_body", "frozen_random") and _is_body_weight(names):
             return FREEZE
         if mode == "layers" and _block_index(names) is not None and _block_index(names) not in layers:
             return FREEZE
@@ -96,3 +109,69 @@ def transplant(target: Any, source: Any, positions: str = "interpolate") -> Any:
         raise TransferError(f"parameter {'/'.join(names)}: source shape {tuple(old.shape)} vs target "
                             f"{tuple(fresh.shape)}; widths differ. Use the source's model width and heads.")
     return jax.tree_util.tree_map_with_path(carry, target)
+
+
+def stats_init(target: Any, source: Any, seed: int) -> Any:
+    """Target params with each tensor drawn i.i.d. from N(mean, std) of the source tensor of the
+    same path (whatever its shape: another vocabulary's embedding gives its statistics too)."""
+    src = {path_names(p): np.asarray(v, np.float64) for p, v in jax.tree_util.tree_flatten_with_path(source)[0]}
+    rng = np.random.default_rng(seed)
+
+    def draw(path, fresh):
+        old = src.get(path_names(path))
+        if old is None:
+            raise TransferError(f"the source checkpoint has no parameter {'/'.join(path_names(path))} to take "
+                                "statistics from; it was not written by an igpt Transformer of this architecture.")
+        values = rng.normal(old.mean(), old.std(), fresh.shape)
+        return jax.device_put(values.astype(fresh.dtype), fresh.sharding)
+    return jax.tree_util.tree_map_with_path(draw, target)
+
+
+MIMETIC_QK = (0.7, 0.7)  # (a, b): W_q W_k^T ~ a Z + b I, Z ~ N(0, 1/d)
+MIMETIC_VO = (0.4, 0.4)  # (a, b): W_v W_o ~ a Z - b I
+
+
+def _factor(m: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray]:
+    """(A [d, rank], B [d, rank]) with A B^T the best rank-`rank` approximation of m."""
+    u, s, vt = np.linalg.svd(m)
+    root = np.sqrt(s[:rank])
+    return u[:, :rank] * root, vt[:rank].T * root
+
+
+def mimetic(params: Any, seed: int, qk: tuple[float, float] = MIMETIC_QK,
+            vo: tuple[float, float] = MIMETIC_VO) -> Any:
+    """Params whose attention weights mimic a pretrained transformer's (Trockman & Kolter 2023):
+    per head, W_q W_k^T is the best rank-head_dim fit of a Z + b I (attend to similar tokens) and
+    W_v W_o of a Z - b I; every other weight stays as drawn."""
+    rng = np.random.default_rng(seed)
+    flat = {path_names(p): v for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
+    made: dict[tuple[str, ...], np.ndarray] = {}
+    for names in [n for n in flat if n[0] == "blocks" and "wq" in n]:
+        at = names.index("wq")
+        sibling = lambda w: names[:at] + (w,) + names[at + 1:]  # ("blocks", "0", "attn", w, "value")
+        d, heads, hd = flat[names].shape
+        mats = {w: np.zeros((d, heads, hd)) for w in ("wq", "wk", "wv")}
+        mats["wo"] = np.zeros((heads, hd, d))
+        for h in range(heads):
+            (a, b), (c, e) = qk, vo
+            mats["wq"][:, h], mats["wk"][:, h] = _factor(a * rng.normal(0, d**-0.5, (d, d)) + b * np.eye(d), hd)
+            v, o = _factor(c * rng.normal(0, d**-0.5, (d, d)) - e * np.eye(d), hd)
+            mats["wv"][:, h], mats["wo"][h] = v, o.T
+        made.update({sibling(w): m for w, m in mats.items()})
+
+    def put(path, fresh):
+        m = made.get(path_names(path))
+        return fresh if m is None else jax.device_put(m.astype(fresh.dtype), fresh.sharding)
+    return jax.tree_util.tree_map_with_path(put, params)
+
+
+def initialize(init: ml_collections.ConfigDict, fresh: Any, source: Any | None, seed: int) -> Any:
+    """The params a run of init mode `init.mode` starts from: fresh ones, a source's (`source`:
+    its params, or None for modes that need none), or a control's."""
+    if init.mode == "stats_init":
+        return stats_init(fresh, source, seed)
+    if init.mode == "mimetic":
+        return mimetic(fresh, seed)
+    if needs_source(init.mode):
+        return transplant(fresh, source, init.positions)
+    return fresh

@@ -33,7 +33,7 @@ def model_config(modality: str = "image", strides: Sequence[int] = (2, 2), chann
         res_blocks=res_blocks,      # residual blocks at the code resolution, in encoder and decoder
         res_channels=res_channels,  # hidden width of a residual block
         in_channels=in_channels,    # 3 for RGB, 1 for gray images and for audio
-        activation=activation,      # "relu" (the VQ-VAE paper's) | "silu" (+0.2 dB PSNR on photos)
+        activation=activation,      # "relu" (the VQ-VAE paper's) | "silu" (sharper on photos)
         dtype=dtype,                # convolution compute dtype; the quantizer always runs in fp32
     ))
 
