@@ -24,8 +24,7 @@ def get_config():
     c.model = model_config("igpt-s", dtype="bfloat16", remat="dots")
     c.sources = ml_collections.ConfigDict(dict(
         text=specs.text("tfds:lm1b", seq_len=1024, tokenizer="bytes", max_examples=2_000_000),
-        audio=specs.audio("tfds:nsynth", seq_len=1024, tokenizer="mulaw:256", sample_rate=16000,
-                          eval_split="valid"),
+        audio=specs.audio("tfds:nsynth", seq_len=1024, tokenizer="mulaw:256", sample_rate=16000),
     ))
     c.source.optim = optim_config(lr=3e-4, warmup_steps=2000)
     c.source.train = train_config(steps=50_000, global_batch=256)
@@ -34,7 +33,7 @@ def get_config():
     c.target.optim = optim_config(lr=3e-4, warmup_steps=1000)
     c.target.train = train_config(steps=20_000, global_batch=256)
     c.target.train.eval_every = 500
-    c.target.train.eval_batches = 16
+    c.target.train.eval_sequences = 4096
     c.target.train.checkpoint_every = 2000
     c.arms = (SCRATCH, "text/full", "audio/full", "text/frozen_body", "audio/frozen_body")
     c.seeds = (0, 1, 2)

@@ -8,18 +8,16 @@ so fit the tokenizer first, then run the experiment:
 
 A 2-layer, width-128 GPT is pretrained on shipped prose (UTF-8 bytes), then trained on the VQ
 tokens against a from-scratch baseline, 3 seeds each. Another tokenizer directory is
---config.target.data.tokenizer=vq:DIR; with 8x downsampling also set --config.target.data.seq_len=16
-(one token per 8x8 patch: data.seq_len must equal the tokens per image). Expect about
+--config.target.data.tokenizer=vq:DIR; the tokens per image come from it. Expect about
 5 minutes on 2 CPU cores after the tokenizer, then runs/transfer_vq/report/report.html.
 """
 from igpt.data import specs
 from igpt.model import model_config
-from igpt.tokenizers import vq
 from igpt.gpt import optim_config, train_config
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.experiment import experiment_config
 
-RES, DOWNSAMPLE = 32, 4
+RES = 32
 VQ_DIR = "runs/vq_images/tokenizer"  # written by the igpt-fit-tokenizer command above
 
 
@@ -32,11 +30,10 @@ def get_config():
     c.source.train = train_config(steps=300, global_batch=16)
     c.source.train.eval_every = 100
     c.target.data = specs.images("shipped:photos", res=RES, tokenizer=f"vq:{VQ_DIR}")
-    c.target.data.seq_len = vq.image_seq_len(RES, DOWNSAMPLE)  # 64 codes per image, not res*res pixels
     c.target.optim = optim_config(lr=2e-3, warmup_steps=20)
     c.target.train = train_config(steps=200, global_batch=32)
     c.target.train.eval_every = 20
-    c.target.train.eval_batches = 4
+    c.target.train.eval_sequences = 512
     c.target.train.checkpoint_every = 100
     c.arms = (SCRATCH, "prose/full")
     c.seeds = (0, 1, 2)

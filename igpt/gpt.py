@@ -35,7 +35,7 @@ def optim_config(lr: float = 3e-4, warmup_steps: int = 100) -> ml_collections.Co
 def train_config(steps: int = 1000, global_batch: int = 32) -> ml_collections.ConfigDict:
     return loop.train_config(
         steps, global_batch,
-        eval_batches=4,  # fixed eval batches per eval
+        eval_sequences=512,  # each eval reads the first this many sequences of validation and test (0: all)
         shuffle_tokens=False)  # train on each sequence's tokens in random order (the shuffled-source control)
 
 
@@ -69,6 +69,13 @@ def make_objective(graphdef: Any, bos_id: int, z_loss: float) -> Callable:
         ce, obj = token_loss(model(with_bos(tokens, bos_id)), tokens, z_loss)
         return obj, ce
     return objective
+
+
+def row_losses(model: Transformer, tokens: jax.Array, bos_id: int) -> jax.Array:
+    """Mean cross-entropy (nats/token) of each sequence [batch]: evals average exactly the rows they read."""
+    logits = model(with_bos(tokens, bos_id))
+    nll = jax.nn.logsumexp(logits, axis=-1) - jnp.take_along_axis(logits, tokens[..., None], axis=-1)[..., 0]
+    return jnp.mean(nll, axis=-1)
 
 
 def make_train_step(objective: Callable, tx: optax.GradientTransformation, grad_accum: int) -> Callable:
@@ -107,15 +114,21 @@ class GPTTask:
     units = "tokens"
 
     def __init__(self, cfg: ml_collections.ConfigDict):
+        pipeline.resolve_seq_len(cfg.data)  # before the config is compared and written: it is what runs
         self.cfg = cfg
         self.units_per_row = cfg.data.seq_len
 
     def check(self) -> None:
         cfg = self.cfg
-        if cfg.optim.grad_accum < 1 or cfg.train.eval_batches < 1:
-            raise optim.OptimizerError(f"optim.grad_accum={cfg.optim.grad_accum} and train.eval_batches="
-                                       f"{cfg.train.eval_batches} must be at least 1.")
+        if cfg.optim.grad_accum < 1:
+            raise optim.OptimizerError(f"optim.grad_accum={cfg.optim.grad_accum} must be at least 1.")
+        if cfg.train.eval_sequences < 0:
+            raise loop.TrainConfigError(f"train.eval_sequences={cfg.train.eval_sequences} must be at least 0 "
+                                        "(0: whole splits).")
         check_mode(cfg.init.mode, cfg.init.layers, cfg.model.num_layers)
+        if cfg.model.width % cfg.model.num_heads:
+            raise loop.TrainConfigError(f"model.width={cfg.model.width} does not split into model.num_heads="
+                                        f"{cfg.model.num_heads} heads; use a width that is a multiple of the heads.")
 
     def setup(self, run: RunDir, mesh: jax.sharding.Mesh) -> None:
         cfg = self.cfg
@@ -125,8 +138,7 @@ class GPTTask:
                 f"global batch {cfg.train.global_batch} must split into optim.grad_accum={cfg.optim.grad_accum} "
                 f"micro-batches that each divide over {shards} batch shards.")
         self.tokenizer = pipeline.build_tokenizer(cfg.data, cache_dir=str(run.tokenizer))
-        self.train_data = pipeline.build_dataset(cfg.data, cfg.data.train_split, self.tokenizer)
-        self.eval_data = pipeline.build_dataset(cfg.data, cfg.data.eval_split, self.tokenizer)
+        self.data = {split: pipeline.build_dataset(cfg.data, split, self.tokenizer) for split in pipeline.SPLITS}
         self.use_vocab(self.tokenizer.vocab_size, mesh)
 
     def use_vocab(self, vocab_size: int, mesh: jax.sharding.Mesh) -> None:
@@ -153,26 +165,33 @@ class GPTTask:
         return {"seed": cfg.seed, "data_seed": cfg.data.seed, "seq_len": cfg.data.seq_len, "vocab": self.vocab}
 
     def rows(self, step: int) -> Any:
-        rows = self.train_data.batch(step, self.cfg.train.global_batch, process_index=jax.process_index(),
+        rows = self.data["train"].batch(step, self.cfg.train.global_batch, process_index=jax.process_index(),
                                      process_count=jax.process_count())
         if self.cfg.train.shuffle_tokens:
             rows = shuffle_within_rows(rows, self.cfg.data.seed, step * jax.process_count() + jax.process_index())
         return rows
 
     def make_train_step(self, tx: optax.GradientTransformation) -> Callable:
-        objective = make_objective(self.graphdef, self.vocab, self.cfg.optim.z_loss)
-        self._eval_step = jax.jit(lambda state, tokens: objective(state["params"], tokens)[1])
-        return make_train_step(objective, tx, self.cfg.optim.grad_accum)
+        graphdef, bos = self.graphdef, self.vocab
+        self._row_losses = jax.jit(lambda state, tokens: row_losses(nnx.merge(graphdef, state["params"]), tokens, bos),
+                                   out_shardings=sharding.replicated(self.mesh))  # every process reads every row
+        return make_train_step(make_objective(graphdef, bos, self.cfg.optim.z_loss), tx, self.cfg.optim.grad_accum)
 
-    def evaluate(self, state: dict[str, Any]) -> dict[str, float]:
-        """Mean loss (nats/token) over the fixed first train.eval_batches eval batches."""
+    def evaluate(self, state: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Mean loss (nats/token) of validation and test, each over the same first
+        train.eval_sequences sequences (or all of them) for every run."""
+        return {split: {"loss": self._mean_loss(state, self.data[split])} for split in ("validation", "test")}
+
+    def _mean_loss(self, state: dict[str, Any], data: pipeline.SequenceDataset) -> float:
         t = self.cfg.train
-        total = 0.0
-        for i in range(t.eval_batches):
-            rows = self.eval_data.batch(i, t.global_batch, process_index=jax.process_index(),
-                                        process_count=jax.process_count(), shuffle=False)
-            total += float(self._eval_step(state, sharding.put_batch(rows, self.mesh, tuple(self.cfg.axis_rules))))
-        return {"loss": total / t.eval_batches}
+        n = len(data) if t.eval_sequences == 0 else min(t.eval_sequences, len(data))
+        losses = []
+        for i in range(-(-n // t.global_batch)):  # the last batch wraps to the start; its extra rows are dropped
+            rows = data.batch(i, t.global_batch, process_index=jax.process_index(), process_count=jax.process_count(),
+                              shuffle=False)
+            losses.append(np.asarray(jax.device_get(self._row_losses(state, sharding.put_batch(
+                rows, self.mesh, tuple(self.cfg.axis_rules))))))
+        return float(np.mean(np.concatenate(losses)[:n]))
 
     def describe(self, metrics: dict[str, float], step: int) -> dict[str, float]:
         return {"bits_per_token": bits(metrics["loss"]),

@@ -29,4 +29,4 @@ def test_config_loads_and_says_how_to_run_it(path):
 def test_experiment_arms_are_valid(path, tmp_path):
     c = _load(path)
     runs = target_runs(c, tmp_path)
-    assert len(runs) == len(c.arms) * len(c.seeds) * len(c.lrs)
+    assert len(runs) == (len(c.arms) * len(c.seeds) + len(c.heldout_seeds)) * len(c.lrs)

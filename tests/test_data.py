@@ -123,7 +123,7 @@ def test_batch_shape_dtype_and_seed_dependence(digits):
     cfg, ds = digits
     batch = ds.batch(0, 32)
     assert batch.shape == (32, 64) and batch.dtype == np.int32
-    assert ds.seq_len == 64 and ds.vocab_size == 16 and len(ds) == 1500
+    assert ds.seq_len == 64 and ds.vocab_size == 16 and len(ds) == 1500 - 150  # 150 held out for validation
     assert not np.array_equal(ds.batch(0, 32), ds.batch(1, 32))
     other_seed = pipeline.SequenceDataset(ds.tokens, ds.tokenizer, seed=4)
     assert not np.array_equal(ds.batch(0, 32), other_seed.batch(0, 32))
@@ -335,3 +335,21 @@ def test_bad_sources_and_inputs_get_a_data_error(shipped_dir, digits):
     with pytest.raises(DataError, match=r"yields no 100000-token sequence"):
         pipeline.build_dataset(specs.text("shipped:prose", seq_len=100_000, data_dir=shipped_dir), "test",
                                from_spec("bytes"))
+
+
+def test_validation_is_a_spread_held_out_part_of_train_that_training_never_sees(data_dir):
+    cfg = specs.images("shipped:digits", res=8, tokenizer="gray:16", data_dir=data_dir)
+    whole = pipeline.load_examples(cfg, "train")
+    train, validation = (pipeline.split_examples(cfg, s) for s in ("train", "validation"))
+    assert len(train) + len(validation) == len(whole) and len(validation) == len(whole) // 10
+    rows = pipeline.validation_rows(len(whole), 0.1)
+    np.testing.assert_array_equal(validation, whole[rows])
+    assert rows[0] == 9 and rows[-1] >= len(whole) - 10  # every 10th, over the whole split
+    seen = {x.tobytes() for x in train}
+    assert not any(x.tobytes() in seen for x in validation if (whole == x).all(axis=(1, 2, 3)).sum() == 1)
+    np.testing.assert_array_equal(pipeline.split_examples(cfg, "test"), pipeline.load_examples(cfg, "test"))
+    cfg.validation_split = "test"  # a dataset's own validation split is used as it is
+    np.testing.assert_array_equal(pipeline.split_examples(cfg, "validation"), pipeline.load_examples(cfg, "test"))
+    np.testing.assert_array_equal(pipeline.split_examples(cfg, "train"), whole)
+    with pytest.raises(DataError, match="validation_fraction=1.5 must lie in"):
+        pipeline.validation_rows(10, 1.5)

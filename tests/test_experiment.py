@@ -27,7 +27,7 @@ def planted(tmp_path_factory, data_dir):
 
 def test_same_distribution_pretraining_transfers(planted):
     h = planted["experiments"][0]["headline"]["digits/full"]
-    assert h["n_reached"] == 3 and h["lo"] > 1.5, h
+    assert h["n_reached"] == 3 and h["lo"] > 1.2, h  # every seed's speedup well above 1 (a range over 3 seeds)
 
 
 def test_random_token_pretraining_claims_no_transfer(planted):
@@ -68,3 +68,18 @@ def test_killed_experiment_resumes_to_the_same_report(tmp_path, data_dir):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "done already" in again.stdout
     assert _summary_without_paths(killed) == _summary_without_paths(whole)
+
+
+@pytest.mark.slow
+def test_every_control_arm_runs_and_the_claim_is_stated_against_the_best_control(tmp_path, data_dir):
+    c = get_config(data_dir, variant="controls")
+    exp = run_experiment(c, tmp_path / "controls", log=lambda *_: None)
+    summary = write_report([exp], exp / "report", targets=list(c.report.targets))
+    ran = {json.loads(p.read_text())["mode"] for p in (exp / "target").rglob("run.json")}
+    assert ran == {"scratch", "full", "stats_init", "shuffled_source", "mimetic", "frozen_random"}
+    assert json.loads((exp / "sources" / "digits__shuffled" / "run.json").read_text())["shuffled_tokens"]
+    h = summary["experiments"][0]["headline"]["digits/full"]
+    assert h["control"] in {"digits/stats_init", "digits/shuffled_source", "mimetic", "frozen_random"}, h
+    assert h["claim"]["verdict"] in {"transfer", "negative", "no_evidence", "no_claim"}, h
+    md = (exp / "report" / "report.md").read_text()
+    assert "best control" in md.lower()

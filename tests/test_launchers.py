@@ -133,3 +133,22 @@ def test_sigterm_reaches_every_process():
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def _readme_launch_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return [line for line in text.splitlines() if line.startswith("python scripts/launch_")]
+
+
+def test_readme_launch_commands_run_as_pasted_with_dry_run():
+    """Each launcher command the README shows, with --dry-run added before its `--`."""
+    commands = _readme_launch_commands()
+    assert {c.split()[1] for c in commands} == {"scripts/launch_tpu_pod.py", "scripts/launch_slurm.py",
+                                                 "scripts/launch_local.py"}
+    for line in commands:
+        launcher, _, command = line.partition(" -- ")
+        argv = launcher.split()[1:] + ["--dry-run", "--"] + command.split()
+        out = subprocess.run([sys.executable, *argv], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, f"{line}\n{out.stderr[-2000:]}"
+        assert "configs/tiny_images.py" in out.stdout and "--workdir" in out.stdout, line

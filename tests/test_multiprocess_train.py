@@ -47,7 +47,7 @@ def _restore(workdir, data_dir, mesh_shape):
         ckpt = Checkpointer(run.checkpoints)
         params = ckpt.restore_params(STEPS, abstract(fresh["params"]))
         ckpt.close()
-        loss = task.evaluate({"params": params})["loss"]
+        loss = task.evaluate({"params": params})["test"]["loss"]
     flat = {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_flatten_with_path(params)[0]}
     return flat, loss, params
 
@@ -55,7 +55,7 @@ def _restore(workdir, data_dir, mesh_shape):
 def test_two_processes_train_and_restore_in_one(two_process_run, data_dir):
     assert STEPS in committed_steps(two_process_run)
     records = read_metrics(two_process_run)
-    final_eval = [r["loss"] for r in records if r["split"] == "eval" and r["step"] == STEPS][0]
+    final_eval = [r["loss"] for r in records if r["split"] == "test" and r["step"] == STEPS][0]
     a, loss_a, params_a = _restore(two_process_run, data_dir, (8, 1, 1))
     b, loss_b, _ = _restore(two_process_run, data_dir, (2, 2, 2))
     assert a.keys() == b.keys()

@@ -390,3 +390,16 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
     # PNG figures were decoded and drawn.
     for colour in ((255, 127, 14), (44, 160, 44)):
         assert (np.abs(rgb - colour).max(axis=1) < 16).sum() > 200, colour
+
+
+def test_a_tokenizer_run_beside_gpt_runs_is_left_out_with_a_note(tmp_path):
+    from igpt.transfer.report import headline
+    gpt_run, vq_run = tmp_path / "runs" / "tiny", tmp_path / "runs" / "vq_audio"
+    write_run(gpt_run, {"role": "single"}, {"test": 1.0}, last_step=50)  # one eval point: drawn with a marker
+    vq_run.mkdir(parents=True)
+    (vq_run / "metrics.jsonl").write_text(json.dumps({"step": 10, "split": "eval", "loss": 0.1, "snr": 9.0}) + "\n")
+    summary = write_report([tmp_path / "runs"], tmp_path / "report")
+    assert [r["path"] for r in summary["single_runs"]] == [str(gpt_run.resolve())]
+    assert len(summary["runs_left_out"]) == 1 and "vq_audio" in summary["runs_left_out"][0]
+    assert "left out" in headline(summary, tmp_path / "report")
+    assert "vq_audio" in (tmp_path / "report" / "report.md").read_text()

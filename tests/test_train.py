@@ -16,6 +16,7 @@ import pytest
 from igpt.gpt import GPTTask, train
 from igpt.training import loop
 from igpt.training.loop import NonFiniteLossError
+from igpt.training.metrics import read_metrics
 from igpt.training.rundir import RunDir
 
 from trainer_fixtures import (cli_command, cli_env, committed_steps, run_cli, tiny_config,
@@ -135,7 +136,10 @@ def test_a_nan_loss_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
 
 def test_one_step_smoke(tmp_path, data_dir):
     out = train(tiny_config(data_dir, steps=1), tmp_path, info={"role": "single"})
-    assert out.step == 1 and not out.preempted and math.isfinite(out.eval["loss"])
+    assert out.step == 1 and not out.preempted
+    assert set(out.eval) == {"validation", "test"} and all(math.isfinite(m["loss"]) for m in out.eval.values())
+    evals = [r for r in read_metrics(tmp_path) if r["split"] != "train"]
+    assert sorted(r["split"] for r in evals) == ["test", "validation"] and all(r["step"] == 1 for r in evals)
     info = RunDir.at(tmp_path).read_info()
     assert info["status"] == "finished" and info["finished"] and info["task"] == "gpt" and info["role"] == "single"
     assert info["step"] == info["steps"] == 1
@@ -145,6 +149,7 @@ def test_one_step_smoke(tmp_path, data_dir):
     ("--config.train.no_such_key=1", "no_such_key"),
     ("--config.mesh.data=3", "does not divide"),
     ("--config.train.global_batch=12", "global batch 12"),
+    ("--config=configs/no_such_config.py", "config file 'configs/no_such_config.py' does not load: OSError"),
 ])
 def test_bad_config_is_one_clear_error(tmp_path, data_dir, override, needle):
     out = run_cli(tmp_path, data_dir, override)
@@ -215,3 +220,39 @@ def test_cadence_settings_may_change_on_resume(tmp_path, data_dir, reference):
     out = run_cli(workdir, data_dir, "--config.train.log_every=7", "--config.mesh.fsdp=2")
     assert out.returncode == 0, out.stderr[-3000:]
     assert not list(workdir.glob("config.resumed-at-*"))
+
+
+@pytest.mark.parametrize("section, key, value, needle", [
+    ("train", "steps", 0, "train.steps=0 must be at least 1"),
+    ("train", "keep_checkpoints", 0, "train.keep_checkpoints=0 must be at least 1"),
+    ("train", "checkpoint_every", 0, "train.checkpoint_every=0 must be at least 1"),
+    ("train", "log_every", 0, "train.log_every=0 must be at least 1"),
+    ("optim", "grad_accum", 0, "optim.grad_accum=0 must be at least 1"),
+    ("model", "width", 50, "model.width=50 does not split into model.num_heads=4"),
+    ("optim", "schedule", "linear", "optim.schedule 'linear' is unknown"),
+])
+def test_settings_out_of_range_are_refused_before_the_workdir_is_made(tmp_path, data_dir, section, key, value,
+                                                                      needle):
+    cfg = tiny_config(data_dir)
+    cfg[section][key] = value
+    with pytest.raises(ValueError, match=needle):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated arrays", "garbage metadata"])
+def test_a_damaged_checkpoint_is_set_aside_and_the_newest_intact_one_resumes(tmp_path, data_dir, reference, damage):
+    workdir = tmp_path / "damaged"
+    shutil.copytree(reference, workdir)
+    step40 = workdir / "checkpoints" / "40"
+    if damage == "truncated arrays":
+        biggest = max((p for p in (step40 / "state").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+        biggest.write_bytes(biggest.read_bytes()[: biggest.stat().st_size // 3])
+    else:
+        (step40 / "meta" / "metadata").write_text("{not json")
+    out = run_cli(workdir, data_dir)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "checkpoint 40 is damaged" in out.stdout and "resumed from step 35" in out.stdout
+    assert (workdir / "checkpoints" / "40.damaged").is_dir()  # kept aside, never deleted
+    ref, resumed = train_losses(reference), train_losses(workdir)
+    assert all(resumed[s] == ref[s] for s in range(36, 41))

@@ -67,7 +67,7 @@ def image_run(data_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def held_out_images(image_run):
     cfg = image_run[0]
-    return pipeline.load_examples(cfg.data, cfg.data.eval_split)
+    return pipeline.load_examples(cfg.data, cfg.data.test_split)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,11 +337,13 @@ def test_the_data_pipeline_reads_vq_tokens(image_run, data_dir):
     _, workdir, tok = image_run
     data = specs.images("shipped:photos", res=16, tokenizer=f"vq:{workdir / 'tokenizer'}", data_dir=data_dir,
                         max_examples=64)
-    data.seq_len = vq.image_seq_len(16, tok.downsample)
+    assert data.seq_len == 0  # read from the tokenizer: (16 / 4)^2 codes per image
+    pipeline.resolve_seq_len(data)
+    assert data.seq_len == vq.image_seq_len(16, tok.downsample) == 16
     loaded = pipeline.build_tokenizer(data)
-    ds = pipeline.build_dataset(data, data.eval_split, loaded)
+    ds = pipeline.build_dataset(data, "test", loaded)
     assert ds.tokens.shape == (64, 16) and ds.vocab_size == 32
-    np.testing.assert_array_equal(ds.tokens, tok.encode(pipeline.load_examples(data, data.eval_split)))
+    np.testing.assert_array_equal(ds.tokens, tok.encode(pipeline.load_examples(data, data.test_split)))
 
 
 def test_bad_inputs_name_the_fix(image_run, held_out_images, tmp_path):
@@ -416,7 +418,7 @@ def test_audio_tokenizer_fits_on_music_and_round_trips(data_dir, tmp_path):
     cfg.mesh.num_devices = 1
     tok = vqtask.fit(cfg, tmp_path)
     assert tok.downsample == 16 and {"snr", "stft", "usage", "perplexity"} <= set(tok.metrics)
-    waves = pipeline.load_examples(cfg.data, cfg.data.eval_split)
+    waves = pipeline.load_examples(cfg.data, cfg.data.test_split)
     frames = np.stack([w[:2048] for w in waves[:4]])
     tokens = tok.encode(frames)
     assert tokens.shape == (4, 128) and tokens.dtype == np.int32
@@ -458,7 +460,7 @@ def test_fit_then_transfer_on_vq_image_tokens_end_to_end(data_dir, tmp_path):
     ran = _command(
         "igpt-transfer", f"--config={REPO / 'configs' / 'transfer_vq_images.py'}", f"--workdir={exp}",
         f"--config.target.data.tokenizer=vq:{tok_dir}", "--config.target.data.resolution=16",
-        "--config.target.data.seq_len=16", f"--config.target.data.data_dir={data_dir}",
+        f"--config.target.data.data_dir={data_dir}",  # data.seq_len: 16, read from the tokenizer
         "--config.target.data.max_examples=256",
         f"--config.sources.prose.data_dir={data_dir}", "--config.sources.prose.seq_len=64",
         "--config.source.train.steps=10", "--config.source.train.global_batch=8",
@@ -468,7 +470,7 @@ def test_fit_then_transfer_on_vq_image_tokens_end_to_end(data_dir, tmp_path):
     assert json.loads((exp / "experiment.json").read_text())["complete"]
     for arm in ("scratch", "prose__full"):
         run = exp / "target" / arm / "lr0.002" / "seed0"
-        evals = [r for r in read_metrics(run) if r["split"] == "eval"]
+        evals = [r for r in read_metrics(run) if r["split"] == "test"]
         assert [r["step"] for r in evals] == [5, 10] and all(np.isfinite(r["loss"]) for r in evals)
         assert json.loads((run / "tokenizer" / "tokenizer.json").read_text())["kind"] == "vq"
     assert (exp / "report" / "report.html").is_file()

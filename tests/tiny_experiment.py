@@ -16,7 +16,9 @@ from igpt.transfer.arms import SCRATCH
 from igpt.transfer.experiment import experiment_config
 
 
-def get_config(data_dir: str = "~/.cache/igpt/tfds"):
+def get_config(data_dir: str = "~/.cache/igpt/tfds", variant: str = "planted"):
+    """variant "planted": the two planted arms at one rate, 3 seeds (the machinery); "controls":
+    every control arm beside digits/full, 5 seeds, a 3-rate grid and fixed targets (a claim)."""
     c = experiment_config()
     c.name = "tiny digits transfer"
     c.model = model_config("nano")
@@ -30,9 +32,15 @@ def get_config(data_dir: str = "~/.cache/igpt/tfds"):
     c.target.optim = optim_config(lr=1e-2, warmup_steps=5)
     c.target.train = train_config(steps=60, global_batch=32)
     c.target.train.eval_every = 5
-    c.target.train.eval_batches = 2
+    c.target.train.eval_sequences = 128
     c.target.train.checkpoint_every = 20
     c.arms = (SCRATCH, "digits/full", "noise/full")
     c.seeds = (0, 1, 2)
     c.lrs = (1e-2,)
+    if variant == "controls":
+        c.target.optim.schedule = "constant"
+        c.arms = (SCRATCH, "digits/full", "digits/stats_init", "digits/shuffled_source", "mimetic", "frozen_random")
+        c.seeds = (0, 1, 2, 3, 4)
+        c.lrs = (3e-3, 1e-2, 3e-2)
+        c.report.targets = (2.6, 2.5)
     return c

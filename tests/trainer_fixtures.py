@@ -24,7 +24,7 @@ def tiny_config(data_dir: str, steps: int = 10, batch: int = 8, **mesh):
     )
     c.train.log_every = 1
     c.train.eval_every = 5
-    c.train.eval_batches = 1
+    c.train.eval_sequences = 8
     c.train.checkpoint_every = 5
     c.mesh.update(mesh)
     return c

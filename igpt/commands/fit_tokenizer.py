@@ -44,7 +44,7 @@ def fit_vq(argv: list[str]) -> None:
     from ml_collections import config_flags
 
     from igpt import distributed
-    from igpt.errors import fail_clearly
+    from igpt.errors import fail_clearly, parse_flags_clearly
     from igpt.tokenizers.vq.task import fit
 
     values = flags.FlagValues()
@@ -52,10 +52,7 @@ def fit_vq(argv: list[str]) -> None:
                                              flag_values=values)
     workdir = flags.DEFINE_string("workdir", None, "Run directory: checkpoints, metrics.jsonl, tokenizer/.",
                                   flag_values=values)
-    try:
-        rest = values(["igpt-fit-tokenizer", *argv])
-    except flags.Error as e:
-        raise SystemExit(f"igpt-fit-tokenizer: error: {e}") from None
+    rest = parse_flags_clearly(["igpt-fit-tokenizer", *argv], values)
     if len(rest) > 1 or config.value is None or not workdir.value:
         raise SystemExit("usage: igpt-fit-tokenizer --config configs/vq_images.py --workdir DIR "
                          f"[--config.a.b=v ...]{f' (unexpected {rest[1:]})' if len(rest) > 1 else ''}")
@@ -87,12 +84,12 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     tokenizer.save(out)
 
-    held_out = as_tokenizer_input(tokenizer.kind, pipeline.load_examples(data_cfg, data_cfg.eval_split))
+    held_out = as_tokenizer_input(tokenizer.kind, pipeline.load_examples(data_cfg, data_cfg.test_split))
     reconstructed = tokenizer.decode(tokenizer.encode(held_out)).reshape(held_out.shape)
     # Spread the grid over the whole split so several held-out photos appear.
     shown = np.linspace(0, len(held_out) - 1, min(len(held_out), 4 * GRID_COLUMNS)).astype(int)
     grid_path = out / "reconstructions.png"
     Image.fromarray(comparison_grid(held_out[shown], reconstructed[shown])).save(grid_path)
     print(f"{args.tokenizer} on {args.data} at {args.res}x{args.res}: held-out PSNR "
-          f"{psnr(held_out, reconstructed):.2f} dB over {len(held_out)} {data_cfg.eval_split} images; "
+          f"{psnr(held_out, reconstructed):.2f} dB over {len(held_out)} {data_cfg.test_split} images; "
           f"vocab {tokenizer.vocab_size}; saved to {out}; grid {grid_path}")

@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         run = load_run(args.workdir, mesh, args.step)
         cfg, seq_len = run.config, run.config.data.seq_len
         prompt_tokens = int(round(args.prompt_fraction * seq_len))
-        eval_ds = pipeline.build_dataset(cfg.data, cfg.data.eval_split, run.tokenizer)
+        eval_ds = pipeline.build_dataset(cfg.data, "test", run.tokenizer)
         originals = eval_ds.batch(0, args.num, shuffle=False)
         key = jax.random.key(args.seed)
         rules = axis_rules(cfg)

@@ -80,7 +80,7 @@ def _check_format_and_split(spec: str, directory: Path, info: dict, split: str) 
     for part in split.split("+"):
         if re.sub(r"\[.*\]$", "", part.strip()) not in available:
             raise DataError(f"split {split!r} of tfds:{spec} is not in {directory} (splits: {available}); "
-                            "set data.train_split / data.eval_split to one of them.")
+                            "set data.train_split / data.test_split to one of them.")
 
 
 class _RawAudio(Sequence):
@@ -139,8 +139,8 @@ def open_split(spec: str, split: str, data_dir: str | Path, key: str) -> tuple[S
         count = builder.info.splits[split].num_examples
     except ValueError as e:
         raise DataError(f"split {split!r} of tfds:{spec} is not a valid TFDS split ({e}); write e.g. 'train', "
-                        "'train[:90%]' or 'train+test' in data.train_split / data.eval_split.") from e
+                        "'train[:90%]' or 'train+test' in data.train_split / data.test_split.") from e
     if count == 0:
         raise DataError(f"split {split!r} of tfds:{spec} in {directory} has no examples; choose a split or "
-                        "slice that selects some (data.train_split / data.eval_split).")
+                        "slice that selects some (data.train_split / data.test_split).")
     return Column(builder.as_data_source(split=split, file_format="array_record"), key), 0

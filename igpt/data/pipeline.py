@@ -1,5 +1,10 @@
 """From a `c.data` config to fixed-length int32 token sequences and step-indexed global batches.
 
+Three splits (SPLITS): "train" draws the batches; "validation" chooses (learning rates, early
+stopping, targets); "test" measures what is reported. Validation is the dataset's own split
+when data.validation_split names one, else a deterministic part of the train split that
+training never sees (`validation_rows`).
+
 Batch k is a pure function of (data.seed, k) and the data: a resumed run needs only its step,
 and P processes that each take their slice of the global batch read exactly the rows one
 process would have read.
@@ -18,7 +23,9 @@ from igpt.data.locking import file_lock
 from igpt.data.sources import open_split
 from igpt.modalities import Examples, get
 from igpt.modalities.image import as_tokenizer_input
-from igpt.tokenizers.base import META_FILE, Tokenizer
+from igpt.tokenizers.base import META_FILE, Tokenizer, read_tokenizer_meta
+
+SPLITS = ("train", "validation", "test")
 
 
 def load_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
@@ -31,12 +38,58 @@ def load_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
     return modality.examples(raw, n, data_cfg)
 
 
+def validation_rows(n: int, fraction: float) -> np.ndarray:
+    """Which of n train examples are held out for validation: every k-th, k = round(1 / fraction),
+    starting at k - 1, so the held-out part spreads over the whole split (e.g. every photo)."""
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"data.validation_fraction={fraction} must lie in (0, 1), e.g. 0.1; or name the "
+                        "dataset's own split in data.validation_split.")
+    k = max(2, round(1.0 / fraction))
+    return np.arange(k - 1, n, k)
+
+
+def _take(examples: Examples, rows: np.ndarray) -> Examples:
+    return examples[rows] if isinstance(examples, np.ndarray) else [examples[i] for i in rows]
+
+
+def split_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
+    """Raw examples of one of SPLITS (see the module docstring)."""
+    if split not in SPLITS:
+        raise DataError(f"split {split!r} is not one of {SPLITS}.")
+    if split == "test":
+        return load_examples(data_cfg, data_cfg.test_split)
+    if data_cfg.validation_split:
+        return load_examples(data_cfg, data_cfg.validation_split if split == "validation" else data_cfg.train_split)
+    examples = load_examples(data_cfg, data_cfg.train_split)
+    held = validation_rows(len(examples), data_cfg.validation_fraction)
+    if split == "validation":
+        return _take(examples, held)
+    return _take(examples, np.setdiff1d(np.arange(len(examples)), held))
+
+
+def resolve_seq_len(data_cfg: ml_collections.ConfigDict) -> None:
+    """Sets data.seq_len when it is 0: the tokens per image of the saved tokenizer data.tokenizer
+    names ("vq:DIR" or a directory), one per (resolution / downsample)^2 patch."""
+    if data_cfg.seq_len:
+        return
+    directory = Path(data_cfg.tokenizer.removeprefix("vq:")).expanduser()
+    if data_cfg.modality != "image" or not (directory / META_FILE).is_file():
+        raise DataError(f"data.seq_len is 0 but {data_cfg.tokenizer!r} is no saved image tokenizer to read the "
+                        "tokens per image from; set data.seq_len.")
+    down = int(read_tokenizer_meta(directory)["settings"]["downsample"])
+    if data_cfg.resolution % down:
+        raise DataError(f"data.resolution={data_cfg.resolution} is not a multiple of the tokenizer's downsampling "
+                        f"{down}; choose a resolution divisible by {down}.")
+    data_cfg.seq_len = (data_cfg.resolution // down) ** 2
+
+
 def _spec_kind(spec: str) -> str:
     return spec.partition(":")[0]
 
 
 def build_tokenizer(data_cfg: ml_collections.ConfigDict, cache_dir: str | os.PathLike | None = None) -> Tokenizer:
-    """The tokenizer data.tokenizer names, fitted on the train split if it learns (palette).
+    """The tokenizer data.tokenizer names, fitted on the train split (without its validation
+    part) if it learns (palette).
 
     With `cache_dir`, a tokenizer saved there is reused (a resume keeps its palette), and a
     missing one is fitted and saved under a lock, so processes starting together fit it once
@@ -47,7 +100,7 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, cache_dir: str | os.Pat
     spec = data_cfg.tokenizer
 
     def fit_images() -> np.ndarray:
-        return as_tokenizer_input(_spec_kind(spec), load_examples(data_cfg, data_cfg.train_split))
+        return as_tokenizer_input(_spec_kind(spec), split_examples(data_cfg, "train"))
 
     if cache_dir is None:
         tokenizer = from_spec(spec, fit_images=fit_images)
@@ -76,10 +129,11 @@ def check_tokenizer(data_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, w
 
 
 def build_dataset(data_cfg: ml_collections.ConfigDict, split: str, tokenizer: Tokenizer) -> SequenceDataset:
-    """Tokenizes all of `split` (capped by data.max_examples) into [n, seq_len] sequences as the
-    modality cuts them: one per image; packed windows of text; seq_len-sample frames of audio."""
+    """Tokenizes all of `split`, one of SPLITS (capped by data.max_examples), into [n, seq_len]
+    sequences as the modality cuts them: one per image; packed windows of text; seq_len-sample
+    frames of audio."""
     check_tokenizer(data_cfg, tokenizer)
-    tokens = get(data_cfg.modality).sequences(load_examples(data_cfg, split), tokenizer, data_cfg)
+    tokens = get(data_cfg.modality).sequences(split_examples(data_cfg, split), tokenizer, data_cfg)
     if len(tokens) == 0:
         raise DataError(f"{data_cfg.source} split {split!r} yields no {data_cfg.seq_len}-token sequence; lower "
                         "data.seq_len or raise data.max_examples.")

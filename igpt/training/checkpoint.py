@@ -65,6 +65,22 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
+    def steps(self) -> list[int]:
+        """Committed steps, newest first."""
+        return sorted(self.manager.all_steps(), reverse=True)
+
+    def set_aside(self, step: int) -> Path:
+        """Renames a damaged step out of the way (kept, never deleted), so it is no longer a step."""
+        source = self.directory / str(step)
+        aside = self.directory / f"{step}.damaged"
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = self.directory / f"{step}.damaged-{n}"
+        source.rename(aside)
+        self.manager.reload()
+        return aside
+
     def save(self, step: int, state: Any, meta: dict[str, Any]) -> None:
         """Starts a save; with async saving it returns once the arrays are copied off device."""
         self.manager.save(step, args=ocp.args.Composite(

@@ -27,7 +27,7 @@ from flax import nnx
 from igpt import distributed, sharding
 from igpt.training import optim
 from igpt.training.cadence import due
-from igpt.training.checkpoint import Checkpointer
+from igpt.training.checkpoint import CheckpointMismatchError, Checkpointer
 from igpt.training.metrics import MetricsWriter
 from igpt.training.preemption import PreemptionFlag
 from igpt.training.progress import Progress
@@ -45,6 +45,10 @@ class NonFiniteLossError(RuntimeError):
 
 class ResumeMismatchError(ValueError):
     """The workdir holds a run that the given config did not start."""
+
+
+class TrainConfigError(ValueError):
+    """A train-section setting no run can use."""
 
 
 def train_config(steps: int = 1000, global_batch: int = 32, **task_fields: Any) -> ml_collections.ConfigDict:
@@ -99,13 +103,13 @@ class Task(Protocol):
     def make_train_step(self, tx: optax.GradientTransformation) -> Callable:
         """(state, batch) -> (state, metrics): a pure function the loop jits with the state donated."""
 
-    def evaluate(self, state: dict[str, Any]) -> dict[str, float]:
-        """Held-out metrics ("loss" first among them)."""
+    def evaluate(self, state: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Held-out metrics ("loss" among them) per split name, e.g. {"validation": ..., "test": ...}."""
 
     def describe(self, metrics: dict[str, float], step: int) -> dict[str, float]:
         """Fields derived from a record's metrics (e.g. bits per token, tokens seen)."""
 
-    def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, float]) -> Any:
+    def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, dict[str, float]]) -> Any:
         """After the last step (not after a stop): e.g. save the fitted tokenizer."""
 
 
@@ -114,7 +118,7 @@ class Outcome:
     step: int
     preempted: bool
     train: dict[str, Any]
-    eval: dict[str, float]
+    eval: dict[str, dict[str, float]]  # split -> metrics of the last evaluation
     result: Any = None
 
 
@@ -155,9 +159,12 @@ def build(task: Task, mesh: jax.sharding.Mesh) -> Built:
 
 
 def check_train(t: ml_collections.ConfigDict) -> None:
-    if t.steps < 1 or t.global_batch < 1:
-        raise optim.OptimizerError(f"train.steps={t.steps} and train.global_batch={t.global_batch} must be "
-                                   "positive; e.g. --config.train.steps=1000.")
+    """One line per setting out of range, before any work."""
+    problems = [f"train.{k}={t[k]} must be at least {low}" for k, low in
+                (("steps", 1), ("global_batch", 1), ("log_every", 1), ("eval_every", 1), ("checkpoint_every", 1),
+                 ("keep_checkpoints", 1), ("preemption_check_every", 1)) if t[k] < low]
+    if problems:
+        raise TrainConfigError("; ".join(problems) + ".")
 
 
 def check_resume(run: RunDir, cfg: ml_collections.ConfigDict) -> tuple[dict[str, Any], list[str]]:
@@ -182,6 +189,35 @@ def check_meta(run: RunDir, step: int, saved: dict[str, Any], expected: dict[str
         raise ResumeMismatchError(
             f"checkpoint {run.checkpoints / str(step)} was written with {'; '.join(bad)}: resuming would not "
             "continue that run. Resume with the config that wrote it, or start in a fresh --workdir.")
+
+
+def restore_newest_intact(ckpt: Checkpointer, run_dir: RunDir, abstract_state: Any, meta: dict[str, Any],
+                          is_main: bool) -> tuple[int | None, Any]:
+    """(step, state) of the newest checkpoint that reads back whole, or (None, None). A damaged
+    one (truncated arrays, garbage metadata) is set aside as STEP.damaged, said, and the next
+    newest tried; a checkpoint of another run (meta or shapes) is refused, not set aside."""
+    for step in ckpt.steps():
+        try:
+            saved_meta = ckpt.read_meta(step)
+        except Exception as e:  # noqa: BLE001 - any failure to read it back means damage
+            _damaged(ckpt, step, e, is_main)
+            continue
+        check_meta(run_dir, step, saved_meta, meta)
+        try:
+            return step, ckpt.restore(step, abstract_state)[0]
+        except CheckpointMismatchError:
+            raise
+        except Exception as e:  # noqa: BLE001
+            _damaged(ckpt, step, e, is_main)
+    return None, None
+
+
+def _damaged(ckpt: Checkpointer, step: int, error: Exception, is_main: bool) -> None:
+    reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+    if is_main:
+        aside = ckpt.set_aside(step)
+        print(f"checkpoint {step} is damaged ({type(error).__name__}: {reason}); kept as {aside.name}, "
+              "falling back to the newest intact one.", flush=True)
 
 
 def _check_finite(step: int, metrics: dict[str, float]) -> None:
@@ -213,10 +249,9 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
         built = build(task, mesh)
         state, schedule = built.state, built.schedule
         ckpt = Checkpointer(run_dir.checkpoints, t.keep_checkpoints, t.async_checkpoint)
-        start = ckpt.latest_step()
+        start, restored = restore_newest_intact(ckpt, run_dir, abstract(state), task.meta(), is_main)
         if start is not None:
-            check_meta(run_dir, start, ckpt.read_meta(start), task.meta())
-            state, _ = ckpt.restore(start, abstract(state))
+            state = restored
             if is_main:
                 print(f"resumed from step {start} of {t.steps} ({run_dir.checkpoints / str(start)})", flush=True)
         else:
@@ -258,7 +293,7 @@ class _Loop:
         self.writer = MetricsWriter(run_dir.metrics, enabled=is_main)
         self.progress = Progress(self.t.steps, start, enabled=is_main, tensorboard=run_dir.tensorboard)
         self.last_train: dict[str, Any] = {}
-        self.last_eval: dict[str, float] = {}
+        self.last_eval: dict[str, dict[str, float]] = {}
         self.window = (time.perf_counter(), start)  # (time, step) where the step-time window opened
 
     def flush(self, step: int, dev_metrics: Any) -> None:
@@ -299,10 +334,11 @@ class _Loop:
                     pending = None
                 if evaluate:
                     self.last_eval = task.evaluate(state)
-                    rec = dict(self.last_eval, **task.describe(self.last_eval, self.step), step=self.step,
-                               split="eval", wall_time=time.time())
-                    self.writer.write(rec)
-                    self.progress.eval(self.step, rec)
+                    for split, metrics in self.last_eval.items():
+                        rec = dict(metrics, **task.describe(metrics, self.step), step=self.step, split=split,
+                                   wall_time=time.time())
+                        self.writer.write(rec)
+                        self.progress.eval(self.step, split, rec)
                 if save:
                     self.ckpt.save(self.step, state, dict(task.meta(), step=self.step))
                 if save or evaluate:

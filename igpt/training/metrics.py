@@ -1,9 +1,10 @@
 """metrics.jsonl: the contract between training and reports (no jax import here).
 
-One JSON object per line, each with "step" (optimizer updates done), "split" ("train" or
-"eval") and "wall_time". GPT runs add
-    train: "loss", "bits_per_token", "tokens_seen", "lr", "grad_norm", "step_time", "tokens_per_s"
-    eval:  "loss", "bits_per_token", "tokens_seen"
+One JSON object per line, each with "step" (optimizer updates done), "split" and "wall_time".
+GPT runs write splits "train", "validation" (what selection reads) and "test" (what reports
+show), with
+    train:            "loss", "bits_per_token", "tokens_seen", "lr", "grad_norm", "step_time", "tokens_per_s"
+    validation, test: "loss", "bits_per_token", "tokens_seen"
 with loss in nats per token and bits_per_token = loss / ln 2; VQ fitting runs write the
 fields igpt/tokenizers/vq/task.py lists. A resumed run appends; readers keep the last record
 for each (split, step), so lines written after the last checkpoint and again on resume count

@@ -53,11 +53,11 @@ class Progress:
         else:
             print(f"step {step}: {_line(rec)}", flush=True)
 
-    def eval(self, step: int, rec: dict[str, Any]) -> None:
+    def eval(self, step: int, split: str, rec: dict[str, Any]) -> None:
         if not self.enabled:
             return
-        self._scalars("eval", step, rec)
-        self.message(f"step {step}: eval {_line(rec)}")
+        self._scalars(split, step, rec)
+        self.message(f"step {step}: {split} {_line(rec)}")
 
     def message(self, text: str) -> None:
         if not self.enabled:

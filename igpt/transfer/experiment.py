@@ -27,7 +27,7 @@ from igpt.data import pipeline
 from igpt.gpt import base_config, optim_config, train, train_config
 from igpt.training.rundir import RunDir
 from igpt.transfer import init as transfer_init
-from igpt.transfer.arms import SCRATCH, parse_arm
+from igpt.transfer.arms import SCRATCH, TransferError, parse_arm
 
 TARGET_TOKENIZER = "target_tokenizer"
 
@@ -46,8 +46,9 @@ def experiment_config() -> ml_collections.ConfigDict:
         target=ml_collections.ConfigDict(dict(data=ml_collections.ConfigDict(), optim=optim_config(),
                                               train=train_config())),
         arms=(SCRATCH,),                        # "scratch" | "<source>/full" | "<source>/frozen_body" | "<source>/layers=0,1"
-        seeds=(0, 1, 2),
-        lrs=(3e-4,),                            # target learning-rate grid, run for every arm
+        seeds=(0, 1, 2, 3, 4),                  # the seeds every arm runs and the report compares
+        heldout_seeds=(),                       # seeds only scratch runs: the report fixes its targets on them
+        lrs=(1e-4, 3e-4, 1e-3),                 # target learning-rate grid, run for every arm
         positions="interpolate",
         mesh=sharding.mesh_config(),
         axis_rules=sharding.DEFAULT_RULES,
@@ -79,12 +80,17 @@ def source_runs(c) -> dict[str, ml_collections.ConfigDict]:
 
 
 def target_runs(c, exp_dir: Path) -> dict[str, tuple[ml_collections.ConfigDict, dict[str, Any]]]:
-    """Relative run dir -> (config, run.json info) for every arm x lr x seed."""
+    """Relative run dir -> (config, run.json info) for every arm x lr x seed, and scratch's runs on
+    the held-out seeds."""
     runs = {}
+    overlap = set(c.seeds) & set(c.heldout_seeds)
+    if overlap:
+        raise TransferError(f"heldout_seeds {sorted(overlap)} are also in seeds: a target fixed on a seed must not "
+                            "be judged on it; use seeds no arm compares.")
     for text in c.arms:
         arm = parse_arm(text, list(c.sources), c.model.num_layers)
         for lr in c.lrs:
-            for seed in c.seeds:
+            for seed in c.seeds + (c.heldout_seeds if arm.mode == SCRATCH else ()):
                 cfg = _run_config(c, c.target, c.target.data, seed=seed)
                 cfg.data.seed = seed  # the same data order for every arm within a seed
                 cfg.data.tokenizer = str(exp_dir / TARGET_TOKENIZER)  # one tokenizer for every arm
@@ -102,7 +108,7 @@ def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
     if jax.process_index() != 0:
         return
     info = {"name": c.name, "target": c.target.data.source, "sources": list(c.sources), "arms": list(c.arms),
-            "seeds": list(c.seeds), "lrs": list(c.lrs), "complete": complete}
+            "seeds": list(c.seeds), "heldout_seeds": list(c.heldout_seeds), "lrs": list(c.lrs), "complete": complete}
     tmp = exp_dir / "experiment.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     os.replace(tmp, exp_dir / "experiment.json")

@@ -50,7 +50,7 @@ def open_split(name: str, split: str, data_dir: str | os.PathLike, key: str) -> 
     builder = prepared_builder(name, data_dir)
     if split not in builder.info.splits:
         raise DataError(f"shipped:{name} has no split {split!r} (splits: {sorted(builder.info.splits)}); "
-                        "set data.train_split / data.eval_split to one of them.")
+                        "set data.train_split / data.test_split to one of them.")
     if key not in builder.info.features:
         raise DataError(f"shipped:{name} has no feature {key!r} (features: {sorted(builder.info.features)}); "
                         "set data.feature to one of them.")

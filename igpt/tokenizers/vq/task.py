@@ -188,7 +188,7 @@ class VQFitTask:
         cfg = self.cfg
         modality = signal(cfg.model.modality)
         train_examples = pipeline.load_examples(cfg.data, cfg.data.train_split)
-        self.eval_inputs = modality.held_out(cfg, pipeline.load_examples(cfg.data, cfg.data.eval_split))
+        self.eval_inputs = modality.held_out(cfg, pipeline.load_examples(cfg.data, cfg.data.test_split))
         channels = modality.channels(train_examples)
         if channels != cfg.model.in_channels:
             raise TokenizerError(f"{cfg.data.source} {modality.name} examples have {channels} channels but "
@@ -232,15 +232,16 @@ class VQFitTask:
         params = state.get("ema_params", state["params"])
         return VQTokenizer(self.cfg.model, self.cfg.quantizer, params, state.get("quantizer", {}))
 
-    def evaluate(self, state: dict[str, Any]) -> dict[str, float]:
-        return evaluate(self.tokenizer(state), self.eval_inputs)
+    def evaluate(self, state: dict[str, Any]) -> dict[str, dict[str, float]]:
+        """Held-out metrics on the test split, as split "eval" (no selection is made on them)."""
+        return {"eval": evaluate(self.tokenizer(state), self.eval_inputs)}
 
     def describe(self, metrics: dict[str, float], step: int) -> dict[str, float]:
         return {}
 
-    def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, float]) -> VQTokenizer:
+    def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, dict[str, float]]) -> VQTokenizer:
         tokenizer = self.tokenizer(state)
-        tokenizer.metrics = dict(last_eval)
+        tokenizer.metrics = dict(last_eval["eval"])
         if jax.process_index() == 0:
             print("held-out " + _summary(tokenizer.metrics), flush=True)
             tokenizer.save(run.tokenizer)

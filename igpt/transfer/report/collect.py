@@ -95,6 +95,22 @@ def read_run(path: Path, label: str) -> Run:
                _curve_of(records, "train", path), one is not None)
 
 
+def read_runs(paths: Sequence[Path]) -> tuple[list[Run], list[str]]:
+    """(the GPT runs among `paths`, "path: why" for each left out): a tokenizer-fitting run, or
+    metrics this report cannot read, is named and skipped, never the end of the report."""
+    runs, left_out = [], []
+    for path in paths:
+        task = RunDir(path).read_info().get("task", "gpt")
+        if task != "gpt":
+            left_out.append(f"{path}: a {task} run (run.json task), not a GPT run")
+            continue
+        try:
+            runs.append(read_run(path, str(path)))
+        except ValueError as e:
+            left_out.append(f"{path}: {e}")
+    return runs, left_out
+
+
 def _walk(root: Path, name: str) -> list[Path]:
     """Directories under root (root included) holding `name`, skipping hidden folders."""
     return [p.parent for p in root.rglob(name)

@@ -58,7 +58,8 @@ def _plot(title: str, panels: list[Panel], log_x: bool, hlines: Sequence[float] 
                 continue
             x, mean, lo, hi = _mean_band(pairs)
             color = "black" if label == baseline else f"C{i % 10}"
-            ax.plot(x, mean, color=color, lw=1.6, label=label)
+            few = np.isfinite(mean).sum() < 3  # a run that just started: its points must show, not a bare line
+            ax.plot(x, mean, color=color, lw=1.6, label=label, marker="o" if few else None, ms=4)
             if len(pairs) > 1:
                 ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
         for t in hlines:

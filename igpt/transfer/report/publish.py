@@ -18,7 +18,7 @@ from typing import Any
 
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.report.analysis import Analysis, Headline, analyse
-from igpt.transfer.report.collect import Run, discover, read_experiment, read_run
+from igpt.transfer.report.collect import Run, discover, read_experiment, read_runs
 from igpt.transfer.report.figures import experiment_charts, run_charts
 from igpt.transfer.report.render import (Section, experiment_section, render_html, render_md, runs_section,
                                          terminal_lines)
@@ -70,7 +70,7 @@ def _experiment_summary(a: Analysis) -> dict[str, Any]:
     }
 
 
-def _summary(inputs: list[Path], analyses: list[Analysis], singles: list[Run],
+def _summary(inputs: list[Path], analyses: list[Analysis], singles: list[Run], unreadable: list[str],
              sections: list[Section]) -> dict[str, Any]:
     def flagged(status: str) -> list[str]:
         return ([f"{a.experiment.name}: {r.describe()}" for a in analyses
@@ -81,6 +81,7 @@ def _summary(inputs: list[Path], analyses: list[Analysis], singles: list[Run],
         "experiments": [_experiment_summary(a) for a in analyses],
         "single_runs": [_run_row(r) for r in singles],
         "runs_in_progress": flagged("in progress"), "runs_without_metrics": flagged("no metrics"),
+        "runs_left_out": unreadable,
         "figures": [c.name for s in sections for c in s.charts],
     }
 
@@ -140,10 +141,10 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
         a = analyse(read_experiment(exp_dir, run_dirs), targets)
         analyses.append(a)
         sections.append(experiment_section(a, experiment_charts(a, _slug(a.experiment.name, taken), log_x)))
-    singles = [read_run(d, str(d)) for d in single_dirs]
-    if singles:
-        sections.append(runs_section(singles, run_charts(singles, _slug("runs", taken), log_x)))
-    text = json.dumps(_summary(paths, analyses, singles, sections), indent=2, sort_keys=True,
+    singles, unreadable = read_runs(single_dirs)
+    if singles or unreadable:
+        sections.append(runs_section(singles, run_charts(singles, _slug("runs", taken), log_x), unreadable))
+    text = json.dumps(_summary(paths, analyses, singles, unreadable, sections), indent=2, sort_keys=True,
                       allow_nan=False)
     title = ("Transfer report: " + "; ".join(f"{a.experiment.target} ({a.experiment.status})"
                                              for a in analyses) if analyses else "Run report")
@@ -154,6 +155,7 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
 def headline(summary: dict[str, Any], out_dir: Path) -> str:
     """The lines a person reads in the terminal: each arm's speedup with its interval."""
     lines = [line for exp in summary["experiments"] for line in exp["terminal"]]
+    lines += [f"left out: {reason}" for reason in summary["runs_left_out"]]
     if summary["runs_without_metrics"]:
         lines.append(f"runs with no metrics: {', '.join(summary['runs_without_metrics'])}")
     lines.append(f"report: {Path(out_dir) / 'report.html'}")

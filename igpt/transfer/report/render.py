@@ -271,13 +271,14 @@ def experiment_section(a: Analysis, charts: list[Chart]) -> Section:
     return Section(f"{exp.name}: {question}", _intro(a), tables, charts, lists)
 
 
-def runs_section(runs: list[Run], charts: list[Chart]) -> Section:
-    """Loose runs (no experiment): a status table and their curves."""
+def runs_section(runs: list[Run], charts: list[Chart], unreadable: list[str]) -> Section:
+    """Loose runs (no experiment): a status table, their curves, and the runs left out."""
     table = Table("Runs", ["run", "status", "last step", "final test bits/token"],
                   [[r.describe(), r.status, "" if r.last_step is None else str(r.last_step),
                     "" if r.final_test_bits is None else f"{r.final_test_bits:.3f}"] for r in runs])
     lists = [("Runs in progress", [r.describe() for r in runs if r.status == "in progress"]),
-             ("Runs with no metrics", [r.describe() for r in runs if r.status == "no metrics"])]
+             ("Runs with no metrics", [r.describe() for r in runs if r.status == "no metrics"]),
+             ("Runs left out (not GPT runs this report can read)", unreadable)]
     return Section("Runs", [], [table], charts, lists)
 
 
