@@ -3,11 +3,11 @@
   igpt-transfer --config configs/demo_transfer.py --workdir runs/demo
 A 2-layer, width-128 GPT is pretrained on shipped English prose (UTF-8 bytes) and on
 synthetic music (mu-law, 8 kHz), then trained on 8x8 natural-image crops (64-colour palette)
-under the protocol the report checks: every arm at each of 3 learning rates (constant after
-warm-up, chosen on validation), 5 compared seeds with the same data order and token budget per
-seed, 2 more scratch seeds that fix the targets, and two controls (the source's statistics
-only; mimetic attention). Expect about 6 minutes on 2 CPU cores, then
-runs/demo/report/report.html; README "What the demo shows" says what it can conclude.
+against a from-scratch baseline and a statistics-only control, 3 seeds each, with the same
+data order and token budget per seed, a constant learning rate after warm-up, selection on
+validation and curves on test. Expect about 5 minutes on 2 CPU cores, then
+runs/demo/report/report.html. It shows the machinery, not a claim: one learning rate and 3
+seeds cannot support one, and the report says so (README, "What the demo shows").
 """
 from igpt.data import specs
 from igpt.gpt import optim_config, train_config
@@ -34,11 +34,10 @@ def get_config():
     c.target.optim = optim_config(lr=2e-3, warmup_steps=10)
     c.target.optim.schedule = "constant"
     c.target.train = train_config(steps=100, global_batch=32)
-    c.target.train.eval_every = 10
+    c.target.train.eval_every = 20
     c.target.train.eval_sequences = 512
     c.target.train.checkpoint_every = 100
-    c.arms = (SCRATCH, "prose/full", "music/full", "prose/stats_init", "mimetic")
-    c.seeds = (0, 1, 2, 3, 4)
-    c.heldout_seeds = (5, 6)
-    c.lrs = (1e-3, 3e-3, 1e-2)
+    c.arms = (SCRATCH, "prose/full", "music/full", "prose/stats_init")
+    c.seeds = (0, 1, 2)
+    c.lrs = (2e-3,)
     return c

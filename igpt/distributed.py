@@ -28,7 +28,7 @@ from typing import Mapping
 import jax
 import ml_collections
 
-MODES = ("auto", "explicit", "cluster", "never")
+INITIALIZE_MODES = ("auto", "explicit", "cluster", "never")
 ENV_COORDINATOR = "IGPT_COORDINATOR_ADDRESS"
 ENV_NUM_PROCESSES = "IGPT_NUM_PROCESSES"
 ENV_PROCESS_ID = "IGPT_PROCESS_ID"
@@ -74,9 +74,9 @@ def distributed_config() -> ml_collections.ConfigDict:
 
 def plan(cfg: ml_collections.ConfigDict, env: Mapping[str, str]) -> Plan:
     """Decide single / explicit / cluster start-up from `c.distributed` and an environment."""
-    if cfg.initialize not in MODES:
+    if cfg.initialize not in INITIALIZE_MODES:
         raise DistributedError(
-            f"distributed.initialize={cfg.initialize!r} is not one of {', '.join(MODES)}; "
+            f"distributed.initialize={cfg.initialize!r} is not one of {', '.join(INITIALIZE_MODES)}; "
             "set --config.distributed.initialize=auto (the default) unless you need another.")
     devices = _local_device_count(cfg, env)
     if cfg.initialize == "never":

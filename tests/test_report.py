@@ -267,8 +267,9 @@ def test_censored_seeds_are_shown_and_counted_not_dropped(new_report):
 def test_targets_come_from_held_out_scratch_seeds(new_report):
     _, exp = new_report
     assert exp["target_source"] == "held_out" and exp["held_out_seeds"] == [10, 11]
-    # The worst held-out seed's final validation loss; no compared seed took part.
-    assert exp["targets"][-1] == pytest.approx(float(bits_curve(1000, min(HELD_OUT_PACE.values()))))
+    # The worst held-out seed's final test loss (the split speedups are read on; 0.02 bits above its
+    # validation loss here); no compared seed took part.
+    assert exp["targets"][-1] == pytest.approx(float(bits_curve(1000, min(HELD_OUT_PACE.values()))) + 0.02)
     assert exp["comparison"]["arms"]["prose/full"]["seeds"] == list(NEW_PACE)
     assert sorted(int(s) for s in exp["comparison"]["baseline_steps"][0]["per_seed"]) == list(NEW_PACE)
 

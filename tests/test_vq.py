@@ -289,7 +289,7 @@ def test_fit_writes_metrics_checkpoints_and_a_tokenizer(image_run):
     train = [r for r in records if r["split"] == "train"]
     assert train[-1]["recon"] < train[0]["recon"]
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [50, 100]
-    saved = json.loads((workdir / "tokenizer" / vq.METRICS_FILE).read_text())
+    saved = json.loads((workdir / "tokenizer" / vq.HELD_OUT_METRICS_FILE).read_text())
     assert saved == tok.metrics and saved["psnr"] == evals[-1]["psnr"]
     assert 0 < saved["usage"] <= 1 and 1 <= saved["perplexity"] <= 32
 

@@ -11,8 +11,11 @@ process would have read.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 from pathlib import Path
+from typing import Iterator
 
 import grain
 import ml_collections
@@ -28,10 +31,38 @@ from igpt.tokenizers.base import META_FILE, Tokenizer, read_tokenizer_meta
 SPLITS = ("train", "validation", "test")
 
 
+EXAMPLE_FIELDS = ("source", "data_dir", "modality", "max_examples", "resolution", "sample_rate", "feature")
+
+
 def load_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
     """Raw examples of `split`, at most data.max_examples, in the source's order, as the
     modality makes them: image uint8 [N, res, res, C] (C = 1 or 3, as stored); text a list of
-    str; audio a list of float32 waveforms in [-1, 1] at data.sample_rate."""
+    str; audio a list of float32 waveforms in [-1, 1] at data.sample_rate. Inside
+    `examples_cache()` a split read once is served again from memory: treat it as read-only."""
+    if _cache is None:
+        return _read_examples(data_cfg, split)
+    key = (json.dumps({k: data_cfg[k] for k in EXAMPLE_FIELDS}, sort_keys=True), split)
+    if key not in _cache:
+        _cache[key] = _read_examples(data_cfg, split)
+    return _cache[key]
+
+
+_cache: dict[tuple[str, str], Examples] | None = None
+
+
+@contextlib.contextmanager
+def examples_cache() -> Iterator[None]:
+    """Within it, each split is read and decoded once (the many runs of an experiment share
+    their data); the data on disk must not change meanwhile."""
+    global _cache
+    outer, _cache = _cache, {} if _cache is None else _cache
+    try:
+        yield
+    finally:
+        _cache = outer
+
+
+def _read_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
     modality = get(data_cfg.modality)
     raw = open_split(data_cfg, split, data_cfg.feature or modality.default_feature)
     n = len(raw.values) if data_cfg.max_examples <= 0 else min(len(raw.values), data_cfg.max_examples)

@@ -138,8 +138,9 @@ def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print)
         _train_once(cfg, exp_dir / "sources" / name, {"role": "source", "arm": None, "seed": 0, "lr": cfg.optim.lr,
                                                       "mode": None, "source": name,
                                                       "shuffled_tokens": cfg.train.shuffle_tokens}, c, log)
-    for rel, (cfg, info) in targets.items():
-        log(f"target arm {info['arm']} lr {info['lr']:g} seed {info['seed']}")
-        _train_once(cfg, exp_dir / rel, info, c, log)
+    with pipeline.examples_cache():  # every target run reads the same target data
+        for rel, (cfg, info) in targets.items():
+            log(f"target arm {info['arm']} lr {info['lr']:g} seed {info['seed']}")
+            _train_once(cfg, exp_dir / rel, info, c, log)
     _write_experiment(exp_dir, c, complete=True)
     return exp_dir

@@ -94,7 +94,7 @@ def held_out_targets(held_out_losses: Sequence[Sequence[float]], n: int = 4,
                      early_fraction: float = 0.2) -> list[float]:
     """n loss levels, highest first, from scratch seeds held out of every comparison.
 
-    `held_out_losses` holds one validation curve per held-out seed (evals evenly spaced). The
+    `held_out_losses` holds one test curve per held-out seed (evals evenly spaced). The
     lowest level is the highest final loss among them (every held-out seed got there); the
     highest is their mean loss at `early_fraction` of each curve, past the first rapid drop.
     Levels in between are evenly spaced; a flat or one-eval curve gives only the lowest.
@@ -105,7 +105,7 @@ def held_out_targets(held_out_losses: Sequence[Sequence[float]], n: int = 4,
 
 def provisional_targets(scratch_losses: Sequence[Sequence[float]], n: int = 4,
                         fractions: tuple[float, float] = (0.2, 0.8)) -> list[float]:
-    """n levels from the compared scratch seeds' own validation curves, for runs that fixed no
+    """n levels from the compared scratch seeds' own test curves, for runs that fixed no
     targets and held out no seeds: the seed-mean loss from 20% to 80% of the budget, so each
     seed crosses them mid-run, not at its last eval (no level is a seed's final loss). They
     depend on the compared seeds, so a report built on them is descriptive, not a claim."""

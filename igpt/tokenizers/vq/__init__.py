@@ -10,8 +10,8 @@ waveform (1-D) into a grid of codes, one token per code, and whose decoder turns
 from igpt.tokenizers.vq.network import (VQVAE, abstract_model, activation, check_model, downsample, init_params,
                                         model_config, to_uint8, to_unit)
 from igpt.tokenizers.vq.quantizers import Quantizer, build_quantizer, quantizer_config
-from igpt.tokenizers.vq.tokenizer import KIND, METRICS_FILE, VQTokenizer, image_seq_len
+from igpt.tokenizers.vq.tokenizer import KIND, HELD_OUT_METRICS_FILE, VQTokenizer, image_seq_len
 
-__all__ = ["KIND", "METRICS_FILE", "Quantizer", "VQTokenizer", "VQVAE", "abstract_model", "activation",
+__all__ = ["KIND", "HELD_OUT_METRICS_FILE", "Quantizer", "VQTokenizer", "VQVAE", "abstract_model", "activation",
            "build_quantizer", "check_model", "downsample", "image_seq_len", "init_params", "model_config",
            "quantizer_config", "to_uint8", "to_unit"]

@@ -28,7 +28,7 @@ from igpt.tokenizers.vq.network import abstract_model, check_model, downsample
 from igpt.tokenizers.vq.quantizers import build_quantizer
 
 KIND = "vq"
-METRICS_FILE = "metrics.json"
+HELD_OUT_METRICS_FILE = "metrics.json"
 CHUNK = 256  # examples per jitted encode/decode call: bounds activation memory
 
 
@@ -112,7 +112,7 @@ class VQTokenizer:
         """Weights and codebook to arrays.npz, configs to tokenizer.json, metrics to metrics.json."""
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
-        (path / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
+        (path / HELD_OUT_METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
         arrays = {**_flatten(nnx.to_pure_dict(self.params), "params/"), **_flatten(self.qstate, "quantizer/")}
         write_tokenizer_dir(path, KIND, {"model": _jsonable(self.model_cfg), "quantizer": _jsonable(self.quantizer_cfg),
                                          "vocab_size": self.vocab_size, "downsample": self.downsample}, arrays)
@@ -133,7 +133,7 @@ class VQTokenizer:
         leaves = [arrays[n] for n in names]
         nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(pure), leaves))
         qstate = {k[len("quantizer/"):]: v for k, v in arrays.items() if k.startswith("quantizer/")}
-        metrics_path = Path(directory) / METRICS_FILE
+        metrics_path = Path(directory) / HELD_OUT_METRICS_FILE
         metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
         return cls(model, quantizer, state, qstate, metrics)
 

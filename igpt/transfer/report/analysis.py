@@ -1,7 +1,8 @@
 """What an experiment's runs say: each arm at its best rate against scratch and against the best
 control, by seed, and what the headline can claim.
 
-Selection (learning rates, early stopping, targets) reads validation curves; every reported
+Selection (learning rates, early stopping) reads validation curves; targets are levels of the
+reported (test) curves of scratch seeds held out of every comparison; every reported
 speedup reads test curves (runs with one "eval" split use it for both, and the report says so).
 Typed results from igpt.transfer.{metrics, intervals, comparison} all the way to the JSON
 boundary (publish.py).
@@ -169,10 +170,10 @@ def _choose_targets(given: list[float] | None, held_out: dict[int, Run],
                     scratch: dict[int, Run]) -> tuple[list[float], TargetSource | None]:
     if given is not None:
         return sorted(given, reverse=True), "given"
-    held = [r.validation.losses for r in held_out.values() if r.validation is not None]
+    held = [r.test.losses for r in held_out.values() if r.test is not None]  # the split speedups are read on
     if held:
         return held_out_targets(held), "held_out"
-    compared = [r.validation.losses for r in scratch.values() if r.validation is not None]
+    compared = [r.test.losses for r in scratch.values() if r.test is not None]
     if compared:
         return provisional_targets(compared), "provisional"
     return [], None
@@ -202,7 +203,7 @@ def analyse(exp: Experiment, targets: list[float] | None) -> Analysis:
                       if any(r.info.get("mode") in CONTROL_MODES for r in runs.values()))
     notes: list[str] = []
     if held and not held_out and scratch_lr is not None:
-        notes.append(f"Held-out scratch seeds {sorted(held)} have no validation metrics at "
+        notes.append(f"Held-out scratch seeds {sorted(held)} have no test metrics at "
                      f"scratch's chosen rate ({scratch_lr:g}): targets do not come from them.")
     if not chosen.get(SCRATCH) or not levels:
         notes.append(f"No speedups yet: the baseline arm {SCRATCH!r} has no test and validation metrics.")
@@ -213,8 +214,8 @@ def analyse(exp: Experiment, targets: list[float] | None) -> Analysis:
         notes.append(f"No FLOPs speedup for {', '.join(sorted(unknown))}: run.json lacks "
                      "flops_per_token, or the source's pretraining run was not found.")
     curves = {arm: {s: r.test for s, r in runs.items()} for arm, runs in chosen.items() if runs}
-    scratch_validation = [r.validation.losses for r in chosen[SCRATCH].values() if r.validation]
+    scratch_test = [r.test.losses for r in chosen[SCRATCH].values() if r.test]
     comparison = compare_arms(curves, SCRATCH, levels,
-                              curve_levels(scratch_validation, levels) if scratch_validation else levels, costs)
+                              curve_levels(scratch_test, levels) if scratch_test else levels, costs)
     return Analysis(exp, choice, chosen, held_out, comparison.targets, source, controls, comparison,
                     against_best_control(curves, comparison, controls), one_split, notes)

@@ -151,17 +151,17 @@ def _method(a: Analysis) -> list[str]:
                      "curves share it, so the chosen rate's luck on it inflates its result "
                      "(winner's curse). Newer runs choose on validation and report on test.")
     else:
-        lines.append("Learning rates (lowest mean early-stopped validation loss), early stopping "
-                     "and targets are chosen on the validation split; every curve and speedup "
-                     "shown is on the test split.")
+        lines.append("Learning rates (lowest mean early-stopped validation loss) and early stopping "
+                     "are chosen on the validation split; every curve and speedup shown is on the "
+                     "test split, at targets no compared seed chose.")
     exp = a.experiment
     lines.append({
         "given": "Targets were fixed in advance (report.targets / --targets).",
         "held_out": f"Targets come from held-out scratch seeds {sorted(a.held_out)}, which no "
-                    "speedup uses: the worst held-out seed's final validation loss and levels "
+                    "speedup uses: the worst held-out seed's final test loss and levels "
                     "above it.",
         "provisional": "No targets were fixed in advance and no scratch seeds were held out, so "
-                       f"the targets come from the compared {SCRATCH} seeds' own validation "
+                       f"the targets come from the compared {SCRATCH} seeds' own test "
                        "curves (their mean loss at 20% to 80% of the budget): descriptive, not "
                        "a claim. Set report.targets or hold out scratch seeds.",
         None: "No targets yet."}[a.target_source])
