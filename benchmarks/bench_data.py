@@ -36,7 +36,7 @@ def palette_encode(data_dir: str | None):
 
 def pipeline_throughput(name: str, cfg, tokenizer) -> None:
     pipeline.load_examples(cfg, cfg.train_split)  # prepare/cache outside the timing
-    ds, build_s = _timed(lambda: pipeline.build_dataset(cfg, cfg.train_split, tokenizer))
+    ds, build_s = _timed(lambda: pipeline.build_dataset(cfg, "train", tokenizer))
     built = ds.tokens.size
     _, serve_s = _timed(lambda: [ds.batch(step, BATCH) for step in range(SERVE_STEPS)])
     served = SERVE_STEPS * BATCH * SEQ_LEN

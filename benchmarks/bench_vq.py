@@ -78,7 +78,7 @@ def main() -> None:
             cfg.train.steps = args.steps
         workdir = Path(args.workdir) / name
         shutil.rmtree(workdir, ignore_errors=True)
-        pipeline.load_examples(cfg.data, cfg.data.eval_split)  # prepares the data once, outside the timing
+        pipeline.load_examples(cfg.data, cfg.data.test_split)  # prepares the data once, outside the timing
         start, cpu = time.perf_counter(), cpu_seconds()
         tok = fit(cfg, workdir)
         minutes, cpu_minutes = (time.perf_counter() - start) / 60, (cpu_seconds() - cpu) / 60

@@ -5,7 +5,8 @@
       --config.sources.audio.data_dir=gs://bucket/tfds
 The datasets must be prepared beforehand as ArrayRecord (`tfds build lm1b nsynth cifar10
 --file_format=array_record`). An iGPT-S body (24 x 512) in bf16 with fp32 master weights,
-sequence 1,024 (32x32 images in a 512-colour palette), 3 seeds, a 3-point learning-rate grid.
+sequence 1,024 (32x32 images in a 512-colour palette), 5 seeds, 2 held-out scratch seeds, a
+3-point learning-rate grid, and the four controls: the protocol a transfer claim needs.
 Expect the scratch arm near 3.3 bits/token on cifar10 after 20k steps; the report gives each
 arm's speedup at that loss. On a v4-32 slice, launch with scripts/launch_tpu_pod.py.
 """
@@ -35,8 +36,11 @@ def get_config():
     c.target.train.eval_every = 500
     c.target.train.eval_sequences = 4096
     c.target.train.checkpoint_every = 2000
-    c.arms = (SCRATCH, "text/full", "audio/full", "text/frozen_body", "audio/frozen_body")
-    c.seeds = (0, 1, 2)
+    c.target.optim.schedule = "constant"  # steps to a loss read where no arm's schedule is further along
+    c.arms = (SCRATCH, "text/full", "audio/full", "text/frozen_body", "audio/frozen_body",
+              "text/stats_init", "text/shuffled_source", "mimetic", "frozen_random")
+    c.seeds = (0, 1, 2, 3, 4)
+    c.heldout_seeds = (5, 6)  # scratch only: the report fixes its targets on them
     c.lrs = (1e-4, 3e-4, 1e-3)
     c.mesh.fsdp = 4
     return c
