@@ -48,6 +48,7 @@ def _transfer_cli(workdir, data_dir):
             f"--config.sources.noise.data_dir={data_dir}"]
 
 
+@pytest.mark.slow  # three experiments; a killed run's bitwise resume is test_train's default-set test
 def test_killed_experiment_resumes_to_the_same_report(tmp_path, data_dir):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = subprocess.run(_transfer_cli(whole, data_dir), env=cli_env(), cwd=REPO, capture_output=True,

@@ -32,6 +32,7 @@ def reference(tmp_path_factory, data_dir):
     return workdir
 
 
+@pytest.mark.slow  # four trainings; sharded meshes are also covered by test_multiprocess_train and test_attention
 def test_first_losses_equal_across_meshes(tmp_path, data_dir):
     curves = {}
     for shape in [(1, 1, 1), (8, 1, 1), (2, 2, 2), (1, 4, 2)]:

@@ -26,7 +26,7 @@ from igpt.data.locking import file_lock
 from igpt.data.sources import open_split
 from igpt.modalities import Examples, get
 from igpt.modalities.image import as_tokenizer_input
-from igpt.tokenizers.base import META_FILE, Tokenizer, read_tokenizer_meta
+from igpt.tokenizers.base import META_FILE, SAVED, Tokenizer, parse_spec, read_tokenizer_meta
 
 SPLITS = ("train", "validation", "test")
 
@@ -103,8 +103,8 @@ def resolve_seq_len(data_cfg: ml_collections.ConfigDict) -> None:
     names ("vq:DIR" or a directory), one per (resolution / downsample)^2 patch."""
     if data_cfg.seq_len:
         return
-    directory = Path(data_cfg.tokenizer.removeprefix("vq:")).expanduser()
-    if data_cfg.modality != "image" or not (directory / META_FILE).is_file():
+    directory = parse_spec(data_cfg.tokenizer).directory
+    if data_cfg.modality != "image" or directory is None or not (directory / META_FILE).is_file():
         raise DataError(f"data.seq_len is 0 but {data_cfg.tokenizer!r} is no saved image tokenizer to read the "
                         "tokens per image from; set data.seq_len.")
     down = int(read_tokenizer_meta(directory)["settings"]["downsample"])
@@ -112,10 +112,6 @@ def resolve_seq_len(data_cfg: ml_collections.ConfigDict) -> None:
         raise DataError(f"data.resolution={data_cfg.resolution} is not a multiple of the tokenizer's downsampling "
                         f"{down}; choose a resolution divisible by {down}.")
     data_cfg.seq_len = (data_cfg.resolution // down) ** 2
-
-
-def _spec_kind(spec: str) -> str:
-    return spec.partition(":")[0]
 
 
 def build_tokenizer(data_cfg: ml_collections.ConfigDict, cache_dir: str | os.PathLike | None = None) -> Tokenizer:
@@ -131,7 +127,7 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, cache_dir: str | os.Pat
     spec = data_cfg.tokenizer
 
     def fit_images() -> np.ndarray:
-        return as_tokenizer_input(_spec_kind(spec), split_examples(data_cfg, "train"))
+        return as_tokenizer_input(parse_spec(spec).kind, split_examples(data_cfg, "train"))
 
     if cache_dir is None:
         tokenizer = from_spec(spec, fit_images=fit_images)
@@ -149,10 +145,10 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, cache_dir: str | os.Pat
 
 def check_tokenizer(data_cfg: ml_collections.ConfigDict, tokenizer: Tokenizer, where: str = "the tokenizer") -> None:
     """Raises DataError when `tokenizer` is not the kind and vocabulary data.tokenizer names."""
-    kind, _, size = data_cfg.tokenizer.partition(":")
-    if Path(data_cfg.tokenizer).expanduser().is_dir():
+    spec = parse_spec(data_cfg.tokenizer)
+    if spec.kind == SAVED:
         return  # a saved tokenizer is its own spec
-    if tokenizer.kind != kind or (size.isdigit() and int(size) != tokenizer.vocab_size):
+    if tokenizer.kind != spec.kind or (spec.arg.isdigit() and int(spec.arg) != tokenizer.vocab_size):
         raise DataError(
             f"tokenizer vocab mismatch: {where} is {tokenizer.kind}:{tokenizer.vocab_size} but data.tokenizer is "
             f"{data_cfg.tokenizer!r}; build it with build_tokenizer(data_cfg), or delete a stale cached "

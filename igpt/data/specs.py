@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from igpt.tokenizers.base import parse_spec
+
 SHIPPED_DATA_DIR = "~/.cache/igpt/tfds"
 
 
@@ -37,7 +39,7 @@ def images(source: str, res: int = 32, tokenizer: str = "palette:512", *, data_d
     """Images resized/cropped to res x res, one raster-order sequence each: seq_len = res*res
     tokens of a pixel tokenizer, or 0 for a learned (vq) one: the run reads its tokens per image
     from the tokenizer (igpt.data.pipeline.resolve_seq_len)."""
-    seq_len = 0 if tokenizer.startswith("vq") else res * res
+    seq_len = 0 if parse_spec(tokenizer).kind == "vq" else res * res
     c = _common(source, "image", tokenizer, seq_len, data_dir, train_split, test_split, seed, max_examples)
     c.resolution = res
     return c

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-from igpt.tokenizers.base import Tokenizer, TokenizerError, read_tokenizer_meta
+from igpt.tokenizers.base import SAVED, Tokenizer, TokenizerError, parse_spec, read_tokenizer_meta
 from igpt.tokenizers.bytes import ByteTokenizer
 from igpt.tokenizers.grayscale import GrayscaleTokenizer
 from igpt.tokenizers.mulaw import MulawTokenizer
@@ -52,23 +51,24 @@ def _count(spec: str, arg: str) -> int:
 def from_spec(spec: str, fit_images: Callable[[], np.ndarray] | None = None) -> Tokenizer:
     """Builds the tokenizer a config names. Only "palette:K" fits anything, on fit_images()
     (uint8 [N, H, W, 3]), called only then so other specs never load images."""
-    name, colon, arg = spec.partition(":")
-    if name == "palette" and colon:
+    parsed = parse_spec(spec)
+    name, arg = parsed.kind, parsed.arg
+    if name == "palette" and arg:
         if fit_images is None:
             raise TokenizerError(
                 f"tokenizer spec {spec!r} fits a palette, so it needs fit_images (a callable returning uint8 "
                 "[N, H, W, 3] training images); pass it, or point to a saved palette directory instead.")
         k = _count(spec, arg)
         return PaletteTokenizer.fit(fit_images(), k=k)
-    if name == "gray" and colon:
+    if name == "gray" and arg:
         return GrayscaleTokenizer(_count(spec, arg))
-    if name == "mulaw" and colon:
+    if name == "mulaw" and arg:
         return MulawTokenizer(mu=_count(spec, arg) - 1)
     if spec == "bytes":
         return ByteTokenizer()
     if name == "vq" and arg:
         from igpt.tokenizers.vq import VQTokenizer  # imported only here: it brings the VQ model code
         return VQTokenizer.load(arg)
-    if Path(spec).expanduser().is_dir():
-        return load(Path(spec).expanduser())
+    if name == SAVED and parsed.directory.is_dir():
+        return load(parsed.directory)
     raise TokenizerError(f"unknown tokenizer spec {spec!r}; valid forms: {SPEC_FORMS}.")

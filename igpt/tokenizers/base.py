@@ -6,6 +6,7 @@ first so a wrong directory fails with a sentence, not a KeyError.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -15,6 +16,28 @@ import numpy as np
 
 FORMAT_VERSION = 1
 META_FILE = "tokenizer.json"
+SPEC_KINDS = ("palette", "gray", "mulaw", "bytes", "vq")
+SAVED = "saved"  # a spec that is the path of a saved tokenizer directory
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """A tokenizer spec (data.tokenizer) parsed once: "palette:512" -> Spec("palette", "512"),
+    "vq:DIR" -> Spec("vq", "DIR"), any other string -> Spec("saved", it): a directory."""
+    kind: str
+    arg: str
+
+    @property
+    def directory(self) -> Path | None:
+        """The saved tokenizer directory the spec names (vq:DIR or a path), else None."""
+        return Path(self.arg).expanduser() if self.kind in ("vq", SAVED) and self.arg else None
+
+
+def parse_spec(spec: str) -> Spec:
+    kind, colon, arg = spec.partition(":")
+    if kind in SPEC_KINDS:
+        return Spec(kind, arg)
+    return Spec(SAVED, spec)
 ARRAYS_FILE = "arrays.npz"
 
 

@@ -3,8 +3,8 @@
   images uint8 [N, H, W, C]      -> int32 [N, (H/down) * (W/down)], raster order
   audio float32 [N, T] in [-1, 1] -> int32 [N, T/down]
 where `down` is the product of the model's strides; the modality (igpt/modalities/) checks
-and scales the inputs and shapes the outputs. A data config using "vq:DIR" sets
-data.seq_len to that token count, e.g. `image_seq_len(32, 4)` = 64 for 32x32 images at 4x.
+and scales the inputs and shapes the outputs. A data config using "vq:DIR" reads data.seq_len
+from it, e.g. `image_seq_len(32, 4)` = 64 for 32x32 images at 4x.
 Loading a tokenizer needs only the saved weights: it never imports training code.
 """
 from __future__ import annotations
