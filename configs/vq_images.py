@@ -3,8 +3,8 @@ tokens per image, and 512 codes from EMA vector quantization, or from FSQ with `
 
   igpt-fit-tokenizer --config configs/vq_images.py --workdir runs/vq_images
   igpt-fit-tokenizer --config configs/vq_images.py:fsq --workdir runs/vq_images_fsq   # levels (8, 4, 4, 4)
-Saves runs/vq_images/tokenizer: use it as data.tokenizer="vq:runs/vq_images/tokenizer" with
-data.seq_len=64 (configs/transfer_vq_images.py). Expect on 2 CPU cores a held-out PSNR of about
+Saves runs/vq_images/tokenizer: use it as data.tokenizer="vq:runs/vq_images/tokenizer" (64
+tokens per image, read from it; configs/transfer_vq_images.py). Expect on 2 CPU cores a held-out PSNR of about
 24.0 dB over all pixels (25.6 dB as a mean of per-image PSNRs) with 97-98% of the codes in use:
 EMA VQ in about 15 minutes, FSQ in 8-15. How the recipes were found: benchmarks/RESULTS.md,
 "VQ tokenizers (issue 5)".
