@@ -25,11 +25,13 @@ def planted(tmp_path_factory, data_dir):
     return write_report([exp], exp / "report", targets=TARGETS)
 
 
+@pytest.mark.slow  # the planted experiment trains 11 runs (minutes); the estimators' known answers are fast tests
 def test_same_distribution_pretraining_transfers(planted):
     h = planted["experiments"][0]["headline"]["digits/full"]
     assert h["n_reached"] == 3 and h["lo"] > 1.2, h  # every seed's speedup well above 1 (a range over 3 seeds)
 
 
+@pytest.mark.slow
 def test_random_token_pretraining_claims_no_transfer(planted):
     h = planted["experiments"][0]["headline"]["noise/full"]
     assert h["reached"] and h["lo"] <= 1.0 <= h["hi"], h
