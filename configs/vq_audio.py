@@ -4,8 +4,8 @@ so one token per 16 samples (500 tokens/s), 512 EMA-VQ codes.
   igpt-fit-tokenizer --config configs/vq_audio.py --workdir runs/vq_audio
 Trains on random 2048-sample windows and evaluates on the held-out clips cut into 2048-sample
 frames; saves runs/vq_audio/tokenizer with its held-out SNR, multi-resolution STFT distance,
-codebook usage and perplexity. Measured on 2 shared CPU cores in 5 minutes: SNR 11.4 dB,
-usage 99.8%, STFT distance 3.75 (benchmarks/RESULTS.md, "VQ tokenizers (issue 5)").
+codebook usage and perplexity. Expect about 5 minutes on 2 CPU cores, an SNR near 11 dB and
+nearly every code in use (the figures: benchmarks/RESULTS.md).
 """
 from igpt.data import specs
 from igpt.tokenizers import vq

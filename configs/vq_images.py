@@ -6,8 +6,7 @@ tokens per image, and 512 codes from EMA vector quantization, or from FSQ with `
 Saves runs/vq_images/tokenizer: use it as data.tokenizer="vq:runs/vq_images/tokenizer" (64
 tokens per image, read from it; configs/transfer_vq_images.py). Expect on 2 CPU cores a held-out PSNR of about
 24.0 dB over all pixels (25.6 dB as a mean of per-image PSNRs) with 97-98% of the codes in use:
-EMA VQ in about 15 minutes, FSQ in 8-15. How the recipes were found: benchmarks/RESULTS.md,
-"VQ tokenizers (issue 5)".
+EMA VQ in about 15 minutes, FSQ in 8-15. How the recipes were found: benchmarks/RESULTS.md.
 """
 from igpt.data import specs
 from igpt.tokenizers import vq
