@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from igpt.gpt import GPTTask, train
-from igpt.training import loop
+from igpt.training import loop, optim
 from igpt.training.loop import NonFiniteLossError
 from igpt.training.metrics import read_metrics
 from igpt.training.rundir import RunDir
@@ -73,6 +73,16 @@ def test_sigkill_after_checkpoint_resumes_bitwise(tmp_path, data_dir, reference)
     ref, resumed = train_losses(reference), train_losses(workdir)
     later = [s for s in ref if s > killed_at]
     assert later and all(resumed[s] == ref[s] for s in later), "resumed losses must be bitwise equal"
+
+
+def test_the_logged_learning_rate_is_the_one_each_step_applied(reference):
+    cfg = tiny_config("", steps=40)
+    schedule = optim.make_schedule(cfg.optim, cfg.train.steps)
+    logged = {r["step"]: r["lr"] for r in read_metrics(reference) if r["split"] == "train"}
+    assert sorted(logged) == list(range(1, 41))
+    np.testing.assert_allclose([logged[s] for s in range(1, 41)], [float(schedule(s - 1)) for s in range(1, 41)],
+                               rtol=1e-6)
+    assert logged[1] == 0.0 and logged[3] == pytest.approx(cfg.optim.lr), "warm-up from 0, peak after 2 steps"
 
 
 def test_save_killed_midway_resumes_from_previous_checkpoint(tmp_path, data_dir, reference):

@@ -135,10 +135,10 @@ def on_mesh(mesh: jax.sharding.Mesh, rules: tuple) -> Iterator[None]:
 
 @dataclasses.dataclass
 class Built:
-    """A task made ready to step: its fresh state, schedule and optimizer, the jitted step
-    (state donated) and batch placement. Benchmarks time `train_step` exactly as runs use it."""
+    """A task made ready to step: its fresh state and optimizer, the jitted step (state donated,
+    reporting the learning rate it applied) and batch placement. Benchmarks time `train_step`
+    exactly as runs use it."""
     state: dict[str, Any]
-    schedule: optax.Schedule
     tx: optax.GradientTransformation
     train_step: Callable
     put: Callable
@@ -154,8 +154,17 @@ def build(task: Task, mesh: jax.sharding.Mesh) -> Built:
     state["opt_state"] = jax.jit(tx.init)(state["params"])
     state["step"] = jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh))
     rules = tuple(cfg.axis_rules)
-    return Built(state, schedule, tx, jax.jit(task.make_train_step(tx), donate_argnums=0),
+    return Built(state, tx, jax.jit(with_lr(task.make_train_step(tx), schedule), donate_argnums=0),
                  lambda rows: sharding.put_batch(rows, mesh, rules))
+
+
+def with_lr(train_step: Callable, schedule: optax.Schedule) -> Callable:
+    """The task's step, also returning the learning rate it applied: computed on device inside
+    the step, not by an eager schedule call on the host at every log."""
+    def step(state, batch):
+        new, metrics = train_step(state, batch)
+        return new, dict(metrics, lr=schedule(state["step"]))
+    return step
 
 
 def check_train(t: ml_collections.ConfigDict) -> None:
@@ -247,7 +256,7 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
     with on_mesh(mesh, rules):
         task.setup(run_dir, mesh)
         built = build(task, mesh)
-        state, schedule = built.state, built.schedule
+        state = built.state
         ckpt = Checkpointer(run_dir.checkpoints, t.keep_checkpoints, t.async_checkpoint)
         start, restored = restore_newest_intact(ckpt, run_dir, abstract(state), task.meta(), is_main)
         if start is not None:
@@ -265,7 +274,7 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
                                 schedule=cfg.optim.schedule,
                                 **{f"flops_per_{task.units[:-1]}": getattr(task, "flops_per_unit", 0.0)})
         step_fn, put = built.train_step, built.put
-        loop = _Loop(task, run_dir, ckpt, schedule, is_main, start or 0)
+        loop = _Loop(task, run_dir, ckpt, is_main, start or 0)
         try:
             outcome = loop.steps(state, step_fn, put)
         except BaseException:
@@ -285,9 +294,8 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
 class _Loop:
     """The steps from `start` to train.steps, with what each step owes: flush, eval, save, stop."""
 
-    def __init__(self, task: Task, run_dir: RunDir, ckpt: Checkpointer, schedule: optax.Schedule,
-                 is_main: bool, start: int):
-        self.task, self.t, self.ckpt, self.schedule = task, task.cfg.train, ckpt, schedule
+    def __init__(self, task: Task, run_dir: RunDir, ckpt: Checkpointer, is_main: bool, start: int):
+        self.task, self.t, self.ckpt = task, task.cfg.train, ckpt
         self.step = start
         self.state: Any = None  # the latest state, also when a step fails
         self.writer = MetricsWriter(run_dir.metrics, enabled=is_main)
@@ -306,8 +314,8 @@ class _Loop:
         dt = (now - self.window[0]) / max(step - self.window[1], 1)
         self.window = (now, step)
         units = self.t.global_batch * self.task.units_per_row
-        rec = dict(m, **self.task.describe(m, step), step=step, split="train", lr=float(self.schedule(step - 1)),
-                   step_time=dt, wall_time=time.time(), **{f"{self.task.units}_per_s": units / dt})
+        rec = dict(m, **self.task.describe(m, step), step=step, split="train", step_time=dt, wall_time=time.time(),
+                   **{f"{self.task.units}_per_s": units / dt})
         self.writer.write(rec)
         self.progress.train(step, rec, flops_per_s=units * getattr(self.task, "flops_per_unit", 0.0) / dt)
         self.last_train = rec
