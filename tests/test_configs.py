@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from igpt.transfer.experiment import target_runs
+from igpt.transfer.experiment import check_seeds, remaining_runs, sweep_runs
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
 
@@ -28,5 +28,9 @@ def test_config_loads_and_says_how_to_run_it(path):
 @pytest.mark.parametrize("path", [p for p in CONFIGS if "transfer" in p.name], ids=lambda p: p.name)
 def test_experiment_arms_are_valid(path, tmp_path):
     c = _load(path)
-    runs = target_runs(c, tmp_path)
-    assert len(runs) == (len(c.arms) * len(c.seeds) + len(c.heldout_seeds)) * len(c.lrs)
+    check_seeds(c)
+    runs = {**sweep_runs(c, tmp_path), **remaining_runs(c, tmp_path, {arm: c.lrs[0] for arm in c.arms})}
+    deciders = len(c.lr_seeds) or len(c.seeds)
+    assert len(runs) == len(c.arms) * (deciders * len(c.lrs) + len(c.seeds) - deciders) + len(c.heldout_seeds) * (
+        1 if c.lr_seeds else len(c.lrs))
+    assert len(c.seeds) >= 5 and len(c.lrs) >= 3, "shipped experiments follow the protocol (issue 20)"

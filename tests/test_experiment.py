@@ -10,7 +10,9 @@ import time
 import pytest
 
 from igpt.training.rundir import RunDir
-from igpt.transfer.experiment import run_experiment
+from igpt.transfer.arms import TransferError
+from igpt.transfer.experiment import (check_seeds, remaining_runs, run_experiment, source_runs,
+                                      sweep_runs)
 from igpt.transfer.report import write_report
 from trainer_fixtures import REPO, cli_env
 from tiny_experiment import get_config
@@ -86,3 +88,24 @@ def test_every_control_arm_runs_and_the_claim_is_stated_against_the_best_control
     assert h["claim"]["verdict"] in {"transfer", "negative", "no_evidence", "no_claim"}, h
     md = (exp / "report" / "report.md").read_text()
     assert "best control" in md.lower()
+
+
+def test_two_stages_run_every_rate_on_the_lr_seeds_then_the_chosen_rate_on_the_rest(tmp_path):
+    c = get_config("unused")
+    c.seeds, c.lr_seeds, c.heldout_seeds, c.lrs = (0, 1, 2, 3, 4), (0, 1), (7,), (3e-3, 1e-2, 3e-2)
+    check_seeds(c)
+    sweep = sweep_runs(c, tmp_path)
+    assert {(i["arm"], i["lr"], i["seed"]) for _, i in sweep.values()} == {
+        (arm, lr, seed) for arm in c.arms for lr in c.lrs for seed in (0, 1)}
+    rest = remaining_runs(c, tmp_path, {"scratch": 1e-2, "digits/full": 3e-3, "noise/full": 3e-2})
+    assert sorted((i["arm"], i["lr"], i["seed"]) for _, i in rest.values()) == sorted(
+        [("scratch", 1e-2, s) for s in (2, 3, 4, 7)] + [("digits/full", 3e-3, s) for s in (2, 3, 4)]
+        + [("noise/full", 3e-2, s) for s in (2, 3, 4)])
+    assert set(sweep).isdisjoint(rest)
+    c.lr_seeds = ()
+    assert remaining_runs(c, tmp_path, {}) == {} and len(sweep_runs(c, tmp_path)) == 3 * 3 * 5 + 3
+    c.lr_seeds = (0, 9)
+    with pytest.raises(TransferError, match=r"lr_seeds \[9\] are not in seeds"):
+        check_seeds(c)
+    c.arms = ("scratch", "digits/shuffled_source")
+    assert list(source_runs(c)) == ["digits__shuffled"], "only the sources an arm starts from pretrain"

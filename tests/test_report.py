@@ -3,6 +3,7 @@ today's layout (one eval split, 3 seeds) and one in the new (validation and test
 scratch seeds, a learning-rate grid, a control arm, FLOPs per token)."""
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -404,3 +405,46 @@ def test_a_tokenizer_run_beside_gpt_runs_is_left_out_with_a_note(tmp_path):
     assert len(summary["runs_left_out"]) == 1 and "vq_audio" in summary["runs_left_out"][0]
     assert "left out" in headline(summary, tmp_path / "report")
     assert "vq_audio" in (tmp_path / "report" / "report.md").read_text()
+
+
+def _two_stage_experiment(root: Path, lr_seeds: list[int]) -> Path:
+    """scratch and prose/full, seeds 0-4; seeds 0 and 1 ran both rates, where GOOD is better;
+    seeds 2-4 ran GOOD only and have high validation losses, which would tip an all-seed mean
+    towards BAD."""
+    exp = root / f"two_stage_{len(lr_seeds)}"
+    exp.mkdir()
+    (exp / "experiment.json").write_text(json.dumps({
+        "name": "two stages", "target": "images", "sources": ["prose"], "arms": [SCRATCH, "prose/full"],
+        "seeds": [0, 1, 2, 3, 4], "heldout_seeds": [], "lr_seeds": lr_seeds, "lrs": [GOOD, BAD],
+        "complete": True}))
+    for arm in (SCRATCH, "prose/full"):
+        for seed in range(5):
+            for lr in ((GOOD, BAD) if seed < 2 else (GOOD,)):
+                info = {"role": "target", "arm": arm, "seed": seed, "lr": lr, "finished": True,
+                        "mode": "full" if arm != SCRATCH else SCRATCH, "source": None}
+                pace = 1.0 if lr == GOOD else 0.6
+                write_run(arm_dir(exp, arm, lr, seed), info, {"validation": pace, "test": pace},
+                          offsets={"validation": 0.0 if seed < 2 else 5.0})
+    return exp
+
+
+def test_rates_are_chosen_on_the_lr_seeds_alone_and_cells_left_are_named(tmp_path):
+    from igpt.transfer.report.analysis import choose_rates
+    from igpt.transfer.report.collect import discover, read_experiment
+
+    def read(exp):
+        owned, _ = discover([exp])
+        return read_experiment(exp, owned[exp.resolve()])
+
+    two_stage = read(_two_stage_experiment(tmp_path, lr_seeds=[0, 1]))
+    choice = choose_rates(two_stage)
+    assert {arm: c.lr for arm, c in choice.items()} == {SCRATCH: GOOD, "prose/full": GOOD}
+    assert {s.lr: s.n_seeds for s in choice[SCRATCH].scores} == {GOOD: 2, BAD: 2}
+    assert two_stage.not_started == []
+    all_seeds = read(_two_stage_experiment(tmp_path, lr_seeds=[]))
+    assert {c.lr for c in choose_rates(all_seeds).values()} == {BAD}, "every seed votes: the high losses tip it"
+    assert "arm=scratch, lr=0.0003, seed=2" in all_seeds.not_started  # every seed should have run every rate
+    shutil.rmtree(arm_dir(two_stage.dir, "prose/full", GOOD, 3))
+    assert read(two_stage.dir).not_started == ["arm=prose/full, seed=3 (at its chosen rate)"]
+    write_report([two_stage.dir], tmp_path / "report")
+    assert "chosen on validation over seeds [0, 1]" in (tmp_path / "report" / "report.md").read_text()

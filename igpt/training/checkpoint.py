@@ -126,7 +126,7 @@ def restore_params(run_dir: str | os.PathLike, sharding: jax.sharding.Sharding,
         raise FileNotFoundError(f"{run_dir} has no {directory.name}/ directory: it is not an igpt run "
                                 "with checkpoints. Pretrain it first, or fix the source path.")
     manager = ocp.CheckpointManager(directory, item_handlers=_handlers(),
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
+                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0))
     try:
         step = manager.latest_step() if step is None else step
         if step is None:

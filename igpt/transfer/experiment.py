@@ -2,6 +2,10 @@
 and learning rate, then write the report. Resumable as a whole: finished runs are skipped
 and unfinished ones resume from their own checkpoints.
 
+With `lr_seeds`, the target runs come in two stages: every arm runs every rate on lr_seeds,
+each arm's rate is chosen on their validation curves (the report's own choose_rates), then the
+other seeds (and scratch's held-out seeds) run at the chosen rate only.
+
 Layout (igpt.transfer.report reads it; igpt/training/rundir.py names each run's files):
   EXP/experiment.json                 what was asked, and whether it is complete
   EXP/sources/<source>/               pretraining runs
@@ -10,7 +14,7 @@ Layout (igpt.transfer.report reads it; igpt/training/rundir.py names each run's 
                                       "<source>/<mode>", in directory Arm.dirname ("prose__full")
   EXP/report/                         report.html, report.md, figures, summary.json
 Fairness: within a seed every arm sees the same target data order, token budget and schedule;
-with several learning rates each arm is reported at its own best rate on the eval split.
+with several learning rates each arm is reported at its own best rate on validation.
 """
 from __future__ import annotations
 
@@ -27,9 +31,13 @@ from igpt.data import pipeline
 from igpt.gpt import base_config, optim_config, train, train_config
 from igpt.training.rundir import RunDir
 from igpt.transfer import init as transfer_init
-from igpt.transfer.arms import SCRATCH, TransferError, parse_arm
+from igpt.transfer import workers
+from igpt.transfer.arms import SCRATCH, Arm, TransferError, parse_arm
+from igpt.transfer.report.analysis import choose_rates
+from igpt.transfer.report.collect import discover, read_experiment
 
 TARGET_TOKENIZER = "target_tokenizer"
+COMPILATION_CACHE = ".jax_cache"  # compiled programs every run of the experiment shares
 
 
 def experiment_config() -> ml_collections.ConfigDict:
@@ -49,6 +57,9 @@ def experiment_config() -> ml_collections.ConfigDict:
         seeds=(0, 1, 2, 3, 4),                  # the seeds every arm runs and the report compares
         heldout_seeds=(),                       # seeds only scratch runs: the report fixes its targets on them
         lrs=(1e-4, 3e-4, 1e-3),                 # target learning-rate grid, run for every arm
+        lr_seeds=(),                            # seeds that run every rate and choose each arm's on validation;
+                                                # the other seeds run the chosen rate only (empty: all run all)
+        workers=1,                              # trainings at once, each its own process (CPU hosts)
         positions="interpolate",
         mesh=sharding.mesh_config(),
         axis_rules=sharding.DEFAULT_RULES,
@@ -68,39 +79,66 @@ def _run_config(c, template: ml_collections.ConfigDict, data: ml_collections.Con
 
 
 def source_runs(c) -> dict[str, ml_collections.ConfigDict]:
-    """Source run name -> config: each source, and the token-shuffled twin of each source a
-    shuffled_source arm names."""
-    runs = {name: _run_config(c, c.source, c.sources[name], seed=0) for name in c.sources}
-    for text in c.arms:
-        arm = parse_arm(text, list(c.sources), c.model.num_layers)
-        if arm.mode == "shuffled_source":
+    """Source run name -> config: each source an arm starts from (a shuffled_source arm's
+    source pretrains as a token-shuffled twin)."""
+    runs = {}
+    for arm in _arms(c):
+        if arm.source:
             runs[arm.source_run] = _run_config(c, c.source, c.sources[arm.source], seed=0)
-            runs[arm.source_run].train.shuffle_tokens = True
+            runs[arm.source_run].train.shuffle_tokens = arm.mode == "shuffled_source"
     return runs
 
 
-def target_runs(c, exp_dir: Path) -> dict[str, tuple[ml_collections.ConfigDict, dict[str, Any]]]:
-    """Relative run dir -> (config, run.json info) for every arm x lr x seed, and scratch's runs on
-    the held-out seeds."""
-    runs = {}
+RunSpecs = dict[str, tuple[ml_collections.ConfigDict, dict[str, Any]]]  # relative run dir -> (config, run.json info)
+
+
+def _target_run(c, exp_dir: Path, arm: Arm, lr: float, seed: int) -> RunSpecs:
+    cfg = _run_config(c, c.target, c.target.data, seed=seed)
+    cfg.data.seed = seed  # the same data order for every arm within a seed
+    cfg.data.tokenizer = str(exp_dir / TARGET_TOKENIZER)  # one tokenizer for every arm
+    cfg.optim.lr = lr
+    cfg.init = transfer_init.init_config(
+        arm.mode, str(exp_dir / "sources" / arm.source_run) if arm.source else "", arm.layers, c.positions)
+    return {f"target/{arm.dirname}/lr{lr:g}/seed{seed}": (cfg, {
+        "role": "target", "arm": arm.name, "seed": seed, "lr": lr, "mode": arm.mode, "source": arm.source})}
+
+
+def _arms(c) -> list[Arm]:
+    return [parse_arm(text, list(c.sources), c.model.num_layers) for text in c.arms]
+
+
+def check_seeds(c) -> None:
+    """Held-out seeds must not be compared; seeds that choose rates must be compared seeds."""
     overlap = set(c.seeds) & set(c.heldout_seeds)
     if overlap:
         raise TransferError(f"heldout_seeds {sorted(overlap)} are also in seeds: a target fixed on a seed must not "
                             "be judged on it; use seeds no arm compares.")
-    for text in c.arms:
-        arm = parse_arm(text, list(c.sources), c.model.num_layers)
+    stray = set(c.lr_seeds) - set(c.seeds)
+    if stray:
+        raise TransferError(f"lr_seeds {sorted(stray)} are not in seeds {tuple(c.seeds)}: the seeds that choose "
+                            "each arm's rate are a subset of the compared seeds.")
+
+
+def sweep_runs(c, exp_dir: Path) -> RunSpecs:
+    """Every arm at every rate of the grid, on the seeds that choose rates: `lr_seeds`, or when
+    none are listed every seed (and scratch's held-out seeds)."""
+    runs: RunSpecs = {}
+    for arm in _arms(c):
+        seeds = c.lr_seeds or c.seeds + (c.heldout_seeds if arm.mode == SCRATCH else ())
         for lr in c.lrs:
-            for seed in c.seeds + (c.heldout_seeds if arm.mode == SCRATCH else ()):
-                cfg = _run_config(c, c.target, c.target.data, seed=seed)
-                cfg.data.seed = seed  # the same data order for every arm within a seed
-                cfg.data.tokenizer = str(exp_dir / TARGET_TOKENIZER)  # one tokenizer for every arm
-                cfg.optim.lr = lr
-                cfg.init = transfer_init.init_config(
-                    arm.mode, str(exp_dir / "sources" / arm.source_run) if arm.source else "", arm.layers,
-                    c.positions)
-                rel = f"target/{arm.dirname}/lr{lr:g}/seed{seed}"
-                runs[rel] = (cfg, {"role": "target", "arm": arm.name, "seed": seed, "lr": lr,
-                                   "mode": arm.mode, "source": arm.source})
+            for seed in seeds:
+                runs.update(_target_run(c, exp_dir, arm, lr, seed))
+    return runs
+
+
+def remaining_runs(c, exp_dir: Path, rates: dict[str, float]) -> RunSpecs:
+    """With `lr_seeds`, the other seeds (and scratch's held-out seeds) at each arm's chosen rate."""
+    if not c.lr_seeds:
+        return {}
+    runs: RunSpecs = {}
+    for arm in _arms(c):
+        for seed in [s for s in c.seeds if s not in c.lr_seeds] + list(c.heldout_seeds if arm.mode == SCRATCH else ()):
+            runs.update(_target_run(c, exp_dir, arm, rates[arm.name], seed))
     return runs
 
 
@@ -108,19 +146,41 @@ def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
     if jax.process_index() != 0:
         return
     info = {"name": c.name, "target": c.target.data.source, "sources": list(c.sources), "arms": list(c.arms),
-            "seeds": list(c.seeds), "heldout_seeds": list(c.heldout_seeds), "lrs": list(c.lrs), "complete": complete}
+            "seeds": list(c.seeds), "heldout_seeds": list(c.heldout_seeds), "lr_seeds": list(c.lr_seeds),
+            "lrs": list(c.lrs), "complete": complete}
     tmp = exp_dir / "experiment.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     os.replace(tmp, exp_dir / "experiment.json")
 
 
-def _train_once(cfg, run_dir: Path, info: dict[str, Any], c, log) -> None:
-    if RunDir(run_dir).read_info().get("finished"):
-        log(f"  done already: {run_dir}")
-        return
-    log(f"  training {run_dir}")
-    if train(cfg, run_dir, info=dict(info, name=run_dir.name, experiment=c.name)).preempted:
+def train_once(cfg: ml_collections.ConfigDict, run_dir: Path, info: dict[str, Any], log=print) -> None:
+    """Trains (or resumes) one run of an experiment; stops the experiment if it was preempted."""
+    log(f"training {run_dir}")
+    if train(cfg, run_dir, info=dict(info, name=run_dir.name)).preempted:
         raise SystemExit(f"preempted during {run_dir}; rerun the same command to resume the experiment.")
+
+
+def _train_all(runs: RunSpecs, exp_dir: Path, c, log) -> None:
+    """Every run not finished yet: in this process, or spread over `c.workers` processes."""
+    todo = []
+    for rel, (cfg, info) in runs.items():
+        if RunDir(exp_dir / rel).read_info().get("finished"):
+            log(f"done already: {exp_dir / rel}")
+        else:
+            todo.append((cfg, exp_dir / rel, dict(info, experiment=c.name)))
+    if c.workers > 1 and len(todo) > 1:
+        workers.train_in_parallel(todo, c.workers, exp_dir / COMPILATION_CACHE, log)
+        return
+    with pipeline.examples_cache():  # the runs read the same data
+        for cfg, run_dir, info in todo:
+            train_once(cfg, run_dir, info, log)
+
+
+def chosen_rates(exp_dir: Path) -> dict[str, float]:
+    """Each arm's learning rate as the report chooses it, from the runs on disk."""
+    owned, _ = discover([exp_dir])
+    exp = read_experiment(exp_dir, owned.get(exp_dir.resolve(), []))
+    return {arm: choice.lr for arm, choice in choose_rates(exp).items()}
 
 
 def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print) -> Path:
@@ -128,19 +188,23 @@ def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print)
     exp_dir = Path(exp_dir).expanduser().absolute()
     exp_dir.mkdir(parents=True, exist_ok=True)
     distributed.maybe_initialize(c.distributed)
-    targets = target_runs(c, exp_dir)  # validates every arm before any training
+    check_seeds(c)
+    sweep = sweep_runs(c, exp_dir)  # validates every arm before any training
+    if c.workers > 1:
+        workers.check(c.workers)
     _write_experiment(exp_dir, c, complete=False)
     pipeline.build_tokenizer(c.target.data, cache_dir=exp_dir / TARGET_TOKENIZER)
-    jax.config.update("jax_compilation_cache_dir", str(exp_dir / ".jax_cache"))
+    jax.config.update("jax_compilation_cache_dir", str(exp_dir / COMPILATION_CACHE))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    for name, cfg in source_runs(c).items():
-        log(f"source {name}: pretraining on {cfg.data.source}")
-        _train_once(cfg, exp_dir / "sources" / name, {"role": "source", "arm": None, "seed": 0, "lr": cfg.optim.lr,
-                                                      "mode": None, "source": name,
-                                                      "shuffled_tokens": cfg.train.shuffle_tokens}, c, log)
-    with pipeline.examples_cache():  # every target run reads the same target data
-        for rel, (cfg, info) in targets.items():
-            log(f"target arm {info['arm']} lr {info['lr']:g} seed {info['seed']}")
-            _train_once(cfg, exp_dir / rel, info, c, log)
+    log(f"sources: {', '.join(source_runs(c))}")
+    _train_all({f"sources/{name}": (cfg, {"role": "source", "arm": None, "seed": 0, "lr": cfg.optim.lr, "mode": None,
+                                          "source": name, "shuffled_tokens": cfg.train.shuffle_tokens})
+                for name, cfg in source_runs(c).items()}, exp_dir, c, log)
+    log(f"target: {len(c.arms)} arms x {len(c.lrs)} rates on seeds {tuple(c.lr_seeds or c.seeds)}")
+    _train_all(sweep, exp_dir, c, log)
+    if c.lr_seeds:
+        rates = chosen_rates(exp_dir)
+        log("chosen rates (validation): " + ", ".join(f"{arm} {lr:g}" for arm, lr in rates.items()))
+        _train_all(remaining_runs(c, exp_dir, rates), exp_dir, c, log)
     _write_experiment(exp_dir, c, complete=True)
     return exp_dir

@@ -179,17 +179,28 @@ def _choose_targets(given: list[float] | None, held_out: dict[int, Run],
     return [], None
 
 
+def choose_rates(exp: Experiment) -> dict[str, LrChoice]:
+    """Each arm's learning rate: the lowest mean early-stopped validation loss over the seeds
+    that chose rates (experiment.json "lr_seeds"; when none are listed, every compared seed).
+    The experiment runner calls this too, to run its remaining seeds at the chosen rates."""
+    held = set(exp.held_out_seeds)
+    deciders = {int(s) for s in exp.meta.get("lr_seeds") or ()}
+    votes = lambda arm, seed: seed in deciders if deciders else arm != SCRATCH or seed not in held
+    losses = {arm: {lr: [early_stopped(r.validation.losses) for s, r in seeds.items()
+                         if r.validation and votes(arm, s)] for lr, seeds in by_lr.items()}
+              for arm, by_lr in exp.grid.items()}
+    return select_best_lr({a: {lr: v for lr, v in by_lr.items() if v} for a, by_lr in losses.items()
+                           if any(by_lr.values())})
+
+
 def analyse(exp: Experiment, targets: list[float] | None) -> Analysis:
-    """Each arm at its best learning rate on validation (compared seeds only), targets from
+    """Each arm at its best learning rate on validation (choose_rates), targets from
     `targets` (bits/token), else held-out scratch seeds, else (provisionally) the compared
     scratch seeds; then every arm against scratch and against the best control on test."""
     held = set(exp.held_out_seeds)
     compared = {arm: {lr: {s: r for s, r in seeds.items() if arm != SCRATCH or s not in held}
                       for lr, seeds in by_lr.items()} for arm, by_lr in exp.grid.items()}
-    losses = {arm: {lr: [early_stopped(r.validation.losses) for r in seeds.values() if r.validation]
-                    for lr, seeds in by_lr.items()} for arm, by_lr in compared.items()}
-    choice = select_best_lr({a: {lr: v for lr, v in by_lr.items() if v} for a, by_lr in losses.items()
-                             if any(by_lr.values())})
+    choice = choose_rates(exp)
     listed = [str(a) for a in exp.meta.get("arms", [])]
     order = sorted(choice, key=lambda a: (listed.index(a) if a in listed else len(listed), a))
     chosen = {arm: {s: r for s, r in sorted(compared[arm][choice[arm].lr].items()) if r.test is not None}

@@ -200,12 +200,23 @@ class Experiment:
         return [r for r in self.runs if r.status == status]
 
     @property
+    def lr_seeds(self) -> list[int]:
+        """The seeds that ran every rate to choose each arm's (experiment.json "lr_seeds"); the
+        other seeds ran at the chosen rate only. Empty: every seed ran every rate."""
+        return [int(s) for s in self.meta.get("lr_seeds") or ()]
+
+    @property
     def not_started(self) -> list[str]:
-        """Arm x lr x seed cells that experiment.json asks for and no run claims."""
-        return [f"arm={a}, lr={lr}, seed={s}" for a in self.meta.get("arms", [])
-                for lr in self.meta.get("lrs", []) for s in self.meta.get("seeds", [])
-                if not any(math.isclose(float(lr), got) and int(s) in seeds
-                           for got, seeds in self.grid.get(a, {}).items())]
+        """Cells experiment.json asks for that no run claims: arm x lr x seed for the seeds that
+        run every rate, arm x seed (at any rate) for the others."""
+        sweep = self.lr_seeds or [int(s) for s in self.meta.get("seeds", [])]
+        rest = [int(s) for s in self.meta.get("seeds", []) if int(s) not in sweep]
+        ran = lambda arm, seed, lr=None: any(seed in seeds and (lr is None or math.isclose(float(lr), got))
+                                             for got, seeds in self.grid.get(arm, {}).items())
+        return ([f"arm={a}, lr={lr}, seed={s}" for a in self.meta.get("arms", [])
+                 for lr in self.meta.get("lrs", []) for s in sweep if not ran(a, s, lr)]
+                + [f"arm={a}, seed={s} (at its chosen rate)" for a in self.meta.get("arms", [])
+                   for s in rest if not ran(a, s)])
 
 
 def _read_meta(exp_dir: Path) -> dict[str, Any]:

@@ -170,8 +170,10 @@ def _method(a: Analysis) -> list[str]:
                      "transfer and cannot support a transfer claim (Rothermel et al. 2021). "
                      "Run a grid (lrs) of 3 or more rates.")
     else:
-        lines.append("Each arm is shown at its own best rate." + ("" if exp.complete else
-                     " The choice is provisional while runs are in progress."))
+        lines.append("Each arm is shown at its own best rate" + (
+            f", chosen on validation over seeds {exp.lr_seeds}; the other seeds ran at that rate only."
+            if exp.lr_seeds else ".") + ("" if exp.complete else
+                                        " The choice is provisional while runs are in progress."))
     if a.edge_arms:
         lines.append(f"Best learning rate at the edge of the arm's grid: {', '.join(a.edge_arms)}. "
                      "The optimum may lie outside the grid; extend it.")
