@@ -111,7 +111,8 @@ class GPTTask:
 
     kind = "gpt"
     optimizers = ("adamw",)
-    units = "tokens"
+    unit = "token"
+    flops_per_unit = 0.0  # known once setup() has read the vocabulary
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         pipeline.resolve_seq_len(cfg.data)  # before the config is compared and written: it is what runs

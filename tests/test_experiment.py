@@ -49,11 +49,12 @@ def _transfer_cli(workdir, data_dir):
             f"--workdir={workdir}", "--config.arms=('scratch','digits/full')", "--config.seeds=(0,1)",
             "--config.source.train.steps=40", "--config.target.train.steps=20",
             f"--config.target.data.data_dir={data_dir}", f"--config.sources.digits.data_dir={data_dir}",
-            f"--config.sources.noise.data_dir={data_dir}"]
+            f"--config.sources.noise.data_dir={data_dir}", "--config.workers=2", "--config.lrs=(3e-3,1e-2)",
+            "--config.lr_seeds=(0,)"]
 
 
-@pytest.mark.slow  # three experiments; a killed run's bitwise resume is test_train's default-set test
-def test_killed_experiment_resumes_to_the_same_report(tmp_path, data_dir):
+@pytest.mark.slow  # two experiments; a killed run's bitwise resume is test_train's default-set test
+def test_killed_experiment_with_workers_resumes_to_the_same_report(tmp_path, data_dir):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     done = subprocess.run(_transfer_cli(whole, data_dir), env=cli_env(), cwd=REPO, capture_output=True,
                           text=True, timeout=900)
@@ -68,6 +69,10 @@ def test_killed_experiment_resumes_to_the_same_report(tmp_path, data_dir):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (killed / "report").exists()
+    running = lambda: [p for p in killed.rglob("run.json") if json.loads(p.read_text()).get("status") == "running"]
+    settle = time.time() + 60
+    while running() and time.time() < settle:  # the workers, told by SIGTERM, checkpoint and stop
+        time.sleep(0.1)
     again = subprocess.run(_transfer_cli(killed, data_dir), env=cli_env(), cwd=REPO, capture_output=True,
                            text=True, timeout=900)
     assert again.returncode == 0, again.stderr[-3000:]

@@ -188,9 +188,9 @@ def test_without_fixed_or_held_out_targets_they_are_provisional_and_claim_nothin
     out, summary = report
     exp = summary["experiments"][0]
     assert exp["target_source"] == "provisional" and exp["held_out_seeds"] == []
-    # Not the worst scratch seed's final loss (pace 0.9): the seed-mean loss at 80% of the budget.
+    # Not the worst scratch seed's final loss (pace 0.9): the seed-mean loss at 60% of the budget.
     assert exp["targets"][-1] != pytest.approx(float(bits_curve(1000, 0.9)))
-    assert exp["targets"][-1] == pytest.approx(float(np.mean([bits_curve(800, p) for p in SEED_PACE.values()])))
+    assert exp["targets"][-1] == pytest.approx(float(np.mean([bits_curve(600, p) for p in SEED_PACE.values()])))
     for arm in ("prose/full", "music/frozen_body"):
         claim = exp["headline"][arm]["claim"]
         assert claim["verdict"] == "no_claim"
@@ -259,18 +259,19 @@ def test_null_arm_interval_includes_one(new_report):
 def test_censored_seeds_are_shown_and_counted_not_dropped(new_report):
     out, exp = new_report
     h = exp["headline"]["music/frozen_body"]
-    assert (h["n_seeds"], h["n_exact"], h["n_censored"], h["n_reached"]) == (5, 0, 5, 0)
+    assert (h["n_seeds"], h["n_exact"], h["n_censored"], h["n_reached"]) == (5, 1, 4, 1)
     assert h["bound"]["side"] == "at_most" and h["bound"]["value"] < 1.0
-    assert "0/5 exact, 5 arm never reached; over all seeds ≤" in (out / "report.md").read_text()
+    assert "1/5 exact, 4 arm never reached; over all seeds ≤" in (out / "report.md").read_text()
     assert any("censored" in r for r in h["claim"]["reasons"])
 
 
 def test_targets_come_from_held_out_scratch_seeds(new_report):
     _, exp = new_report
     assert exp["target_source"] == "held_out" and exp["held_out_seeds"] == [10, 11]
-    # The worst held-out seed's final test loss (the split speedups are read on; 0.02 bits above its
-    # validation loss here); no compared seed took part.
-    assert exp["targets"][-1] == pytest.approx(float(bits_curve(1000, min(HELD_OUT_PACE.values()))) + 0.02)
+    # The held-out seeds' mean test loss at 60% of the budget (test is 0.02 bits above validation
+    # here); no compared seed took part.
+    assert exp["targets"][-1] == pytest.approx(
+        float(np.mean([bits_curve(600, p) for p in HELD_OUT_PACE.values()])) + 0.02)
     assert exp["comparison"]["arms"]["prose/full"]["seeds"] == list(NEW_PACE)
     assert sorted(int(s) for s in exp["comparison"]["baseline_steps"][0]["per_seed"]) == list(NEW_PACE)
 

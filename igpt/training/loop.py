@@ -76,8 +76,9 @@ class Task(Protocol):
     cfg: ml_collections.ConfigDict
     kind: str                  # run.json's "task"
     optimizers: tuple[str, ...]
-    units: str                 # what a batch row is, for throughput: "tokens" or "examples"
-    units_per_row: int
+    unit: str                  # what throughput counts: "token" or "example"
+    units_per_row: int         # of them in one batch row
+    flops_per_unit: float      # training FLOPs per unit (0: not counted), for MFU and run.json
 
     def check(self) -> None:
         """Refuse a bad config before the workdir is touched."""
@@ -272,7 +273,7 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
                 write_json_atomic(run_dir.resumed_config(start), config_json)
             run_dir.update_info(**(info or {}), task=task.kind, status="running", step=start or 0, steps=t.steps,
                                 schedule=cfg.optim.schedule,
-                                **{f"flops_per_{task.units[:-1]}": getattr(task, "flops_per_unit", 0.0)})
+                                **{f"flops_per_{task.unit}": task.flops_per_unit})
         step_fn, put = built.train_step, built.put
         loop = _Loop(task, run_dir, ckpt, is_main, start or 0)
         try:
@@ -315,9 +316,9 @@ class _Loop:
         self.window = (now, step)
         units = self.t.global_batch * self.task.units_per_row
         rec = dict(m, **self.task.describe(m, step), step=step, split="train", step_time=dt, wall_time=time.time(),
-                   **{f"{self.task.units}_per_s": units / dt})
+                   **{f"{self.task.unit}s_per_s": units / dt})
         self.writer.write(rec)
-        self.progress.train(step, rec, flops_per_s=units * getattr(self.task, "flops_per_unit", 0.0) / dt)
+        self.progress.train(step, rec, flops_per_s=units * self.task.flops_per_unit / dt)
         self.last_train = rec
 
     def steps(self, state: Any, step_fn: Callable, put: Callable) -> Outcome:

@@ -168,7 +168,7 @@ class VQFitTask:
 
     kind = "vq"
     optimizers = OPTIMIZERS
-    units, units_per_row = "examples", 1
+    unit, units_per_row, flops_per_unit = "example", 1, 0.0
 
     def __init__(self, cfg: ml_collections.ConfigDict):
         self.cfg = cfg

@@ -16,8 +16,7 @@ from igpt.transfer.arms import SCRATCH
 from igpt.transfer.comparison import (Comparison, ControlResult, Cost, against_best_control,
                                       compare_arms)
 from igpt.transfer.intervals import MIN_SEEDS_FOR_T, Bound, Estimate, Pooled
-from igpt.transfer.metrics import (LrChoice, curve_levels, early_stopped, held_out_targets,
-                                   provisional_targets, select_best_lr)
+from igpt.transfer.metrics import LrChoice, curve_levels, early_stopped, select_best_lr, target_levels
 from igpt.transfer.report.collect import Experiment, Run
 
 # run.json "mode" of the control arms: what a transfer arm must beat (the statistics of the
@@ -172,10 +171,10 @@ def _choose_targets(given: list[float] | None, held_out: dict[int, Run],
         return sorted(given, reverse=True), "given"
     held = [r.test.losses for r in held_out.values() if r.test is not None]  # the split speedups are read on
     if held:
-        return held_out_targets(held), "held_out"
+        return target_levels(held), "held_out"
     compared = [r.test.losses for r in scratch.values() if r.test is not None]
     if compared:
-        return provisional_targets(compared), "provisional"
+        return target_levels(compared), "provisional"
     return [], None
 
 
