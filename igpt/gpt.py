@@ -106,6 +106,17 @@ def new_params(cfg: ml_collections.ConfigDict, vocab_size: int, seq_len: int) ->
     return nnx.split(Transformer(cfg.model, vocab_size, seq_len, rngs=nnx.Rngs(cfg.seed)), nnx.Param)
 
 
+EMBEDDING_PARAMS = ("embed", "pos", "head")  # top-level params that scale with vocabulary or length
+
+
+def parameter_counts(params: Any) -> dict[str, int]:
+    """{"params": all, "non_embedding_params": all but EMBEDDING_PARAMS}."""
+    sizes = {tuple(str(getattr(k, "key", k)) for k in path): int(np.prod(leaf.shape))
+             for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    return {"params": sum(sizes.values()),
+            "non_embedding_params": sum(n for path, n in sizes.items() if path[0] not in EMBEDDING_PARAMS)}
+
+
 class GPTTask:
     """Trains the transformer of `cfg` (base_config's sections) on `cfg.data`'s token stream."""
 
@@ -150,7 +161,13 @@ class GPTTask:
 
     def new_state(self, mesh: jax.sharding.Mesh) -> dict[str, Any]:
         self.graphdef, params = new_params(self.cfg, self.vocab, self.cfg.data.seq_len)
+        self.param_counts = parameter_counts(params)
         return {"params": params}
+
+    def run_info(self) -> dict[str, Any]:
+        """Unique train tokens (D of a data-size sweep) and parameters with and without the
+        embeddings, positions and head (N of a scaling fit counts the rest)."""
+        return {"train_tokens": len(self.data["train"]) * self.cfg.data.seq_len, **self.param_counts}
 
     def optimizer_masks(self, params: Any) -> tuple[Any, Any]:
         return transfer_init.param_labels(params, self.cfg.init.mode, self.cfg.init.layers), None

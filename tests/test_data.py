@@ -353,3 +353,17 @@ def test_validation_is_a_spread_held_out_part_of_train_that_training_never_sees(
     np.testing.assert_array_equal(pipeline.split_examples(cfg, "train"), whole)
     with pytest.raises(DataError, match="validation_fraction=1.5 must lie in"):
         pipeline.validation_rows(10, 1.5)
+
+
+def test_smaller_training_sets_are_prefixes_and_validation_does_not_move(data_dir):
+    cfg = specs.images("shipped:digits", res=8, tokenizer="gray:16", data_dir=data_dir)
+    full, validation = pipeline.split_examples(cfg, "train"), pipeline.split_examples(cfg, "validation")
+    for n in (10, 300):
+        cfg.train_examples = n
+        np.testing.assert_array_equal(pipeline.split_examples(cfg, "train"), full[:n])
+        np.testing.assert_array_equal(pipeline.split_examples(cfg, "validation"), validation)
+    cfg.validation_split = "test"  # with the dataset's own validation split, a prefix of the whole train split
+    np.testing.assert_array_equal(pipeline.split_examples(cfg, "train"), pipeline.load_examples(cfg, "train")[:300])
+    cfg.validation_split, cfg.train_examples = "", len(full) + 1
+    with pytest.raises(DataError, match=f"data.train_examples={len(full) + 1} must lie in \\[0, {len(full)}\\]"):
+        pipeline.split_examples(cfg, "train")

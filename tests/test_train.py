@@ -154,6 +154,8 @@ def test_one_step_smoke(tmp_path, data_dir):
     info = RunDir.at(tmp_path).read_info()
     assert info["status"] == "finished" and info["finished"] and info["task"] == "gpt" and info["role"] == "single"
     assert info["step"] == info["steps"] == 1
+    assert info["train_tokens"] == (1500 - 150) * 64, "digits: 1,500 train images less 150 for validation"
+    assert info["params"] > info["non_embedding_params"] > 0
 
 
 @pytest.mark.parametrize("override, needle", [
@@ -167,6 +169,19 @@ def test_bad_config_is_one_clear_error(tmp_path, data_dir, override, needle):
     assert out.returncode != 0
     assert needle in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_patience_stops_a_run_that_no_longer_improves_and_a_rerun_trains_no_further(tmp_path, data_dir):
+    cfg = tiny_config(data_dir, steps=40)
+    cfg.optim.lr, cfg.train.eval_every, cfg.train.patience = 0.0, 2, 2  # lr 0: validation never improves
+    out = train(cfg, tmp_path)
+    assert out.stopped_early and out.step == 6, "best at step 2, no better at 4 and 6"
+    info = RunDir.at(tmp_path).read_info()
+    assert info["finished"] and info["stopped_early"] and info["best_step"] == 2 and info["step"] == 6
+    assert committed_steps(tmp_path)[-1] == 6
+    again = train(cfg, tmp_path)
+    assert again.stopped_early and again.step == 6
+    assert max(train_losses(tmp_path)) == 6, "the rerun took no step"
 
 
 def test_unwritable_workdir(tmp_path, data_dir):

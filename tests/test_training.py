@@ -8,6 +8,7 @@ import signal
 import pytest
 
 from igpt.training.cadence import due
+from igpt.training.early_stopping import EarlyStopping
 from igpt.training.metrics import MetricsWriter, read_metrics
 from igpt.training.preemption import PreemptionFlag
 from igpt.training.rundir import RunDir, WorkdirError, config_differences
@@ -111,3 +112,15 @@ def test_a_bad_schedule_is_refused():
     from igpt.training import optim
     with pytest.raises(optim.OptimizerError, match="optim.schedule 'linear' is unknown"):
         optim.check(optim.optim_config(schedule="linear"), optim.OPTIMIZERS)
+
+
+def test_early_stopping_waits_patience_evals_and_replays_to_the_same_state():
+    stop = EarlyStopping(patience=2)
+    for step, loss in ((10, 3.0), (20, 2.5), (30, 2.6), (40, 2.5)):
+        stop.update(step, loss)
+    assert (stop.best, stop.best_step, stop.since_best, stop.stopped) == (2.5, 20, 2, True)
+    records = [{"split": s, "step": step, "loss": loss} for step, loss in ((10, 3.0), (20, 2.5), (30, 2.6), (40, 2.5))
+               for s in ("train", "validation")]
+    assert EarlyStopping.replay(2, records, until=30) == EarlyStopping(2, 2.5, 20, 1)
+    assert EarlyStopping.replay(2, records, until=40).stopped
+    assert not EarlyStopping.replay(0, records, until=40).stopped, "patience 0 never stops"

@@ -90,12 +90,24 @@ def split_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
     if split == "test":
         return load_examples(data_cfg, data_cfg.test_split)
     if data_cfg.validation_split:
-        return load_examples(data_cfg, data_cfg.validation_split if split == "validation" else data_cfg.train_split)
+        if split == "validation":
+            return load_examples(data_cfg, data_cfg.validation_split)
+        examples = load_examples(data_cfg, data_cfg.train_split)
+        return _first(examples, np.arange(len(examples)), data_cfg.train_examples)
     examples = load_examples(data_cfg, data_cfg.train_split)
     held = validation_rows(len(examples), data_cfg.validation_fraction)
     if split == "validation":
         return _take(examples, held)
-    return _take(examples, np.setdiff1d(np.arange(len(examples)), held))
+    return _first(examples, np.setdiff1d(np.arange(len(examples)), held), data_cfg.train_examples)
+
+
+def _first(examples: Examples, rows: np.ndarray, n: int) -> Examples:
+    """The first n of `rows` (all when n is 0): a smaller training set is a prefix of a larger
+    one, and the validation rows never change with n."""
+    if n < 0 or n > len(rows):
+        raise DataError(f"data.train_examples={n} must lie in [0, {len(rows)}] (the train examples left after "
+                        "validation); 0 uses them all.")
+    return _take(examples, rows[:n] if n else rows)
 
 
 def resolve_seq_len(data_cfg: ml_collections.ConfigDict) -> None:

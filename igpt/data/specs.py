@@ -27,6 +27,7 @@ def _common(source: str, modality: str, tokenizer: str, seq_len: int, data_dir: 
         test_split=test_split,      # what every reported curve is measured on
         seed=seed,                  # data order: batch k is a pure function of (seed, k)
         max_examples=max_examples,  # cap on examples read per split (0 = all)
+        train_examples=0,           # train on the first this many train examples (0 = all; validation unchanged)
         resolution=0,
         sample_rate=0,
         feature="",                 # TFDS feature key; "" = the modality's default

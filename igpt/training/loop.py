@@ -28,7 +28,8 @@ from igpt import distributed, sharding
 from igpt.training import optim
 from igpt.training.cadence import due
 from igpt.training.checkpoint import CheckpointMismatchError, Checkpointer
-from igpt.training.metrics import MetricsWriter
+from igpt.training.early_stopping import EarlyStopping
+from igpt.training.metrics import MetricsWriter, read_metrics
 from igpt.training.preemption import PreemptionFlag
 from igpt.training.progress import Progress
 from igpt.training.rundir import RunDir, config_differences, write_json_atomic
@@ -57,6 +58,7 @@ def train_config(steps: int = 1000, global_batch: int = 32, **task_fields: Any) 
         steps=steps, global_batch=global_batch,
         log_every=10, eval_every=100, checkpoint_every=200, keep_checkpoints=3, async_checkpoint=True,
         preemption_check_every=10,  # steps between agreeing on a signal across processes
+        patience=0,  # evals without a new best validation loss before the run stops, finished (0: never)
         accept_config_changes=False,  # resume although the config differs from config.json (recorded)
         **task_fields))
 
@@ -98,6 +100,10 @@ class Task(Protocol):
     def meta(self) -> dict[str, Any]:
         """What a checkpoint must have been written with to resume this run (JSON values)."""
 
+    def run_info(self) -> dict[str, Any]:
+        """What run.json records of the data and model besides the loop's fields (JSON values),
+        for reports that read no checkpoint: e.g. unique train tokens and parameter counts."""
+
     def rows(self, step: int) -> Any:
         """This process's rows of global batch `step` (numpy)."""
 
@@ -118,6 +124,7 @@ class Task(Protocol):
 class Outcome:
     step: int
     preempted: bool
+    stopped_early: bool  # patience ran out: the run is finished before train.steps
     train: dict[str, Any]
     eval: dict[str, dict[str, float]]  # split -> metrics of the last evaluation
     result: Any = None
@@ -172,7 +179,7 @@ def check_train(t: ml_collections.ConfigDict) -> None:
     """One line per setting out of range, before any work."""
     problems = [f"train.{k}={t[k]} must be at least {low}" for k, low in
                 (("steps", 1), ("global_batch", 1), ("log_every", 1), ("eval_every", 1), ("checkpoint_every", 1),
-                 ("keep_checkpoints", 1), ("preemption_check_every", 1)) if t[k] < low]
+                 ("keep_checkpoints", 1), ("preemption_check_every", 1), ("patience", 0)) if t[k] < low]
     if problems:
         raise TrainConfigError("; ".join(problems) + ".")
 
@@ -230,6 +237,13 @@ def _damaged(ckpt: Checkpointer, step: int, error: Exception, is_main: bool) -> 
               "falling back to the newest intact one.", flush=True)
 
 
+def _validation_loss(evals: dict[str, dict[str, float]]) -> float:
+    if "loss" not in evals.get("validation", {}):
+        raise TrainConfigError(f"train.patience stops on the validation loss, and this task's evals report "
+                               f"{sorted(evals)}; set train.patience=0.")
+    return evals["validation"]["loss"]
+
+
 def _check_finite(step: int, metrics: dict[str, float]) -> None:
     bad = {k: v for k, v in metrics.items() if not math.isfinite(v)}
     if bad:
@@ -271,7 +285,8 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
                 run_dir.write_config(config_json)
             elif start is not None and changed:
                 write_json_atomic(run_dir.resumed_config(start), config_json)
-            run_dir.update_info(**(info or {}), task=task.kind, status="running", step=start or 0, steps=t.steps,
+            run_dir.update_info(**(info or {}), **task.run_info(), task=task.kind, status="running", step=start or 0,
+                                steps=t.steps,
                                 schedule=cfg.optim.schedule,
                                 **{f"flops_per_{task.unit}": task.flops_per_unit})
         step_fn, put = built.train_step, built.put
@@ -288,7 +303,9 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
             outcome.eval = outcome.eval or task.evaluate(loop.state)  # a run resumed at its last step
             outcome.result = task.finish(loop.state, run_dir, outcome.eval)
         if is_main:
-            run_dir.update_info(status="preempted" if outcome.preempted else "finished", step=outcome.step)
+            run_dir.update_info(status="preempted" if outcome.preempted else "finished", step=outcome.step,
+                                **({"stopped_early": True, "best_step": loop.early.best_step}
+                                   if outcome.stopped_early else {}))
         return outcome
 
 
@@ -298,6 +315,7 @@ class _Loop:
     def __init__(self, task: Task, run_dir: RunDir, ckpt: Checkpointer, is_main: bool, start: int):
         self.task, self.t, self.ckpt = task, task.cfg.train, ckpt
         self.step = start
+        self.early = EarlyStopping.replay(self.t.patience, read_metrics(run_dir.root) if start else [], start)
         self.state: Any = None  # the latest state, also when a step fails
         self.writer = MetricsWriter(run_dir.metrics, enabled=is_main)
         self.progress = Progress(self.t.steps, start, enabled=is_main, tensorboard=run_dir.tensorboard)
@@ -328,7 +346,7 @@ class _Loop:
         stop = False
         self.state = state
         try:
-            while self.step < t.steps and not stop:
+            while self.step < t.steps and not stop and not self.early.stopped:
                 state, dev_metrics = step_fn(state, put(task.rows(self.step)))
                 self.step += 1
                 self.state = state
@@ -348,6 +366,9 @@ class _Loop:
                                    wall_time=time.time())
                         self.writer.write(rec)
                         self.progress.eval(self.step, split, rec)
+                    if t.patience:
+                        self.early.update(self.step, _validation_loss(self.last_eval))
+                        save = save or self.early.stopped  # a rerun restores here and sees it stopped
                 if save:
                     self.ckpt.save(self.step, state, dict(task.meta(), step=self.step))
                 if save or evaluate:
@@ -355,6 +376,9 @@ class _Loop:
             if pending is not None:
                 self.flush(*pending)
             self.ckpt.wait()
+            if self.early.stopped:
+                self.progress.message(f"no better validation loss in {t.patience} evals: stopped at step {self.step} "
+                                      f"(best {self.early.best:.4g} at step {self.early.best_step}).")
             if stop:
                 self.progress.message(f"{preempt.received or 'a signal to another process'}: saved step "
                                       f"{self.step}; exiting. Rerun the same command to resume.")
@@ -362,4 +386,4 @@ class _Loop:
             preempt.restore()
             self.writer.close()
             self.progress.close()
-        return Outcome(self.step, stop, self.last_train, self.last_eval)
+        return Outcome(self.step, stop, self.early.stopped, self.last_train, self.last_eval)

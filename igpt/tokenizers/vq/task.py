@@ -224,6 +224,9 @@ class VQFitTask:
     def meta(self) -> dict[str, Any]:
         return {"seed": self.cfg.seed, "data_seed": self.cfg.data.seed, "codes": self.quantizer.num_codes}
 
+    def run_info(self) -> dict[str, Any]:
+        return {}
+
     def make_train_step(self, tx: optax.GradientTransformation) -> Callable:
         return make_train_step(self.graphdef, self.cfg, tx)
 
