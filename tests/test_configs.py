@@ -29,7 +29,8 @@ def test_config_loads_and_says_how_to_run_it(path):
 def test_experiment_arms_are_valid(path, tmp_path):
     c = _load(path)
     check_seeds(c)
-    runs = {**sweep_runs(c, tmp_path), **remaining_runs(c, tmp_path, {arm: c.lrs[0] for arm in c.arms})}
+    rates = {(arm, n): c.lrs[0] for arm in c.arms for n in tuple(c.target_sizes) + tuple(c.scratch_sizes) + (0,)}
+    runs = {**sweep_runs(c, tmp_path), **remaining_runs(c, tmp_path, rates)}
     deciders = len(c.lr_seeds) or len(c.seeds)
     assert len(runs) == len(c.arms) * (deciders * len(c.lrs) + len(c.seeds) - deciders) + len(c.heldout_seeds) * (
         1 if c.lr_seeds else len(c.lrs))

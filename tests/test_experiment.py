@@ -102,7 +102,7 @@ def test_two_stages_run_every_rate_on_the_lr_seeds_then_the_chosen_rate_on_the_r
     sweep = sweep_runs(c, tmp_path)
     assert {(i["arm"], i["lr"], i["seed"]) for _, i in sweep.values()} == {
         (arm, lr, seed) for arm in c.arms for lr in c.lrs for seed in (0, 1)}
-    rest = remaining_runs(c, tmp_path, {"scratch": 1e-2, "digits/full": 3e-3, "noise/full": 3e-2})
+    rest = remaining_runs(c, tmp_path, {("scratch", 0): 1e-2, ("digits/full", 0): 3e-3, ("noise/full", 0): 3e-2})
     assert sorted((i["arm"], i["lr"], i["seed"]) for _, i in rest.values()) == sorted(
         [("scratch", 1e-2, s) for s in (2, 3, 4, 7)] + [("digits/full", 3e-3, s) for s in (2, 3, 4)]
         + [("noise/full", 3e-2, s) for s in (2, 3, 4)])
@@ -114,3 +114,17 @@ def test_two_stages_run_every_rate_on_the_lr_seeds_then_the_chosen_rate_on_the_r
         check_seeds(c)
     c.arms = ("scratch", "digits/shuffled_source")
     assert list(source_runs(c)) == ["digits__shuffled"], "only the sources an arm starts from pretrain"
+
+
+def test_a_data_size_sweep_runs_every_arm_at_each_size_and_scratch_also_above(tmp_path):
+    c = get_config("unused")
+    c.arms, c.seeds, c.lrs, c.target_sizes, c.scratch_sizes = ("scratch", "digits/full"), (0, 1), (1e-2,), (50, 200), (800,)
+    check_seeds(c)
+    runs = sweep_runs(c, tmp_path)
+    assert sorted((i["arm"], i["train_examples"], i["seed"]) for _, i in runs.values()) == sorted(
+        [("scratch", n, s) for n in (50, 200, 800) for s in (0, 1)] + [("digits/full", n, s) for n in (50, 200) for s in (0, 1)])
+    assert all(cfg.data.train_examples == info["train_examples"] and f"/n{info['train_examples']}/" in rel
+               for rel, (cfg, info) in runs.items())
+    c.scratch_sizes = (100,)
+    with pytest.raises(TransferError, match="increasing order"):
+        check_seeds(c)

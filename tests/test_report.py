@@ -449,3 +449,46 @@ def test_rates_are_chosen_on_the_lr_seeds_alone_and_cells_left_are_named(tmp_pat
     assert read(two_stage.dir).not_started == ["arm=prose/full, seed=3 (at its chosen rate)"]
     write_report([two_stage.dir], tmp_path / "report")
     assert "chosen on validation over seeds [0, 1]" in (tmp_path / "report" / "report.md").read_text()
+
+
+def _scratch_bits(tokens: float) -> float:
+    return 2.0 + 50.0 * tokens ** -0.3
+
+
+def test_a_data_size_sweep_gives_back_a_planted_effective_data_multiplier(tmp_path):
+    """Runs whose early-stopped test loss is planted: scratch follows L(D); prose/full at D_F
+    reaches L(3 D_F) (D_T = 2 D_F), noise/full reaches L(D_F / 2) (ossified)."""
+    exp = tmp_path / "sweep"
+    exp.mkdir()
+    sizes, scratch_only, seeds = [100, 300, 1000], [3000, 10000], range(5)
+    (exp / "experiment.json").write_text(json.dumps({
+        "name": "sweep", "target": "images", "sources": ["prose", "noise"], "arms": [SCRATCH, "prose/full", "noise/full"],
+        "seeds": list(seeds), "lrs": [GOOD], "target_sizes": sizes, "scratch_sizes": scratch_only, "complete": True}))
+    for arm, worth in ((SCRATCH, 1.0), ("prose/full", 3.0), ("noise/full", 0.5)):
+        for n in sizes + (scratch_only if arm == SCRATCH else []):
+            for seed in seeds:
+                best = _scratch_bits(64 * n * worth) + 0.01 * seed  # a seed's offset is shared by its arms
+                d = exp / "target" / arm.replace("/", "__") / f"n{n}" / f"lr{GOOD:g}" / f"seed{seed}"
+                d.mkdir(parents=True)
+                RunDir(d).update_info(role="target", arm=arm, seed=seed, lr=GOOD, mode="full", finished=True,
+                                      train_examples=n, train_tokens=64 * n, non_embedding_params=98944)
+                writer = MetricsWriter(RunDir(d).metrics)
+                for step, over in ((50, 0.6), (100, 0.1), (150, 0.0), (200, 0.3)):  # overfits after step 150
+                    for split, extra in (("validation", 0.0), ("test", 0.02)):
+                        b = best + over + extra
+                        writer.write({"step": step, "split": split, "tokens_seen": step * 4096,
+                                      "loss": b * math.log(2), "bits_per_token": b})
+                writer.close()
+    summary = write_report([exp], tmp_path / "report")
+    cells = {(c["arm"], c["examples"]): c["result"] for c in summary["experiments"][0]["effective_data"]["cells"]}
+    for n in sizes:
+        prose, noise = cells["prose/full", n], cells["noise/full", n]
+        assert prose["n_exact"] == 5 and prose["multiplier"]["mean"] == pytest.approx(3.0, rel=0.05)
+        assert prose["d_t"]["mean"] == pytest.approx(2 * 64 * n, rel=0.05) and prose["d_t"]["kind"] == "t"
+        if n > 100:  # at the smallest size D_E = D_F / 2 lies below scratch's range: extrapolated, counted
+            assert noise["d_t"]["hi"] < 0 and noise["multiplier"]["mean"] == pytest.approx(0.5, rel=0.05)
+    assert cells["noise/full", 100]["n_extrapolated"] == 5
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "Effective data transferred (data-size sweep)" in md and "ossified" in md
+    assert "No scaling fit" in md and "too few" in md
+    assert (tmp_path / "report" / "sweep_effective_data.png").stat().st_size > 10_000

@@ -11,7 +11,8 @@ Layout (igpt.transfer.report reads it; igpt/training/rundir.py names each run's 
   EXP/sources/<source>/               pretraining runs
   EXP/target_tokenizer/               fitted once on the target's train split, shared by all arms
   EXP/target/<arm>/lr<lr>/seed<k>/    target runs; arm "scratch" is the baseline, others are
-                                      "<source>/<mode>", in directory Arm.dirname ("prose__full")
+                                      "<source>/<mode>", in directory Arm.dirname ("prose__full");
+                                      a data-size sweep adds n<examples>/ before lr<lr>
   EXP/report/                         report.html, report.md, figures, summary.json
 Fairness: within a seed every arm sees the same target data order, token budget and schedule;
 with several learning rates each arm is reported at its own best rate on validation.
@@ -59,6 +60,9 @@ def experiment_config() -> ml_collections.ConfigDict:
         lrs=(1e-4, 3e-4, 1e-3),                 # target learning-rate grid, run for every arm
         lr_seeds=(),                            # seeds that run every rate and choose each arm's on validation;
                                                 # the other seeds run the chosen rate only (empty: all run all)
+        target_sizes=(),                        # a data-size sweep: train examples per point, each a prefix of the
+                                                # next; every arm runs each (empty: the whole train split)
+        scratch_sizes=(),                       # larger sizes only scratch runs, to read D_E within its range
         workers=1,                              # trainings at once, each its own process (CPU hosts)
         positions="interpolate",
         mesh=sharding.mesh_config(),
@@ -92,23 +96,33 @@ def source_runs(c) -> dict[str, ml_collections.ConfigDict]:
 RunSpecs = dict[str, tuple[ml_collections.ConfigDict, dict[str, Any]]]  # relative run dir -> (config, run.json info)
 
 
-def _target_run(c, exp_dir: Path, arm: Arm, lr: float, seed: int) -> RunSpecs:
+def _target_run(c, exp_dir: Path, arm: Arm, lr: float, seed: int, size: int) -> RunSpecs:
     cfg = _run_config(c, c.target, c.target.data, seed=seed)
     cfg.data.seed = seed  # the same data order for every arm within a seed
     cfg.data.tokenizer = str(exp_dir / TARGET_TOKENIZER)  # one tokenizer for every arm
+    cfg.data.train_examples = size
     cfg.optim.lr = lr
     cfg.init = transfer_init.init_config(
         arm.mode, str(exp_dir / "sources" / arm.source_run) if arm.source else "", arm.layers, c.positions)
-    return {f"target/{arm.dirname}/lr{lr:g}/seed{seed}": (cfg, {
-        "role": "target", "arm": arm.name, "seed": seed, "lr": lr, "mode": arm.mode, "source": arm.source})}
+    at = f"n{size}/" if size else ""
+    return {f"target/{arm.dirname}/{at}lr{lr:g}/seed{seed}": (cfg, {
+        "role": "target", "arm": arm.name, "seed": seed, "lr": lr, "mode": arm.mode, "source": arm.source,
+        "train_examples": size})}
 
 
 def _arms(c) -> list[Arm]:
     return [parse_arm(text, list(c.sources), c.model.num_layers) for text in c.arms]
 
 
+def sizes(c, arm: Arm) -> tuple[int, ...]:
+    """The train-set sizes (examples) the arm runs at: the whole split (0) unless the
+    experiment sweeps data sizes, where scratch also runs the larger `scratch_sizes`."""
+    return tuple(c.target_sizes) + (tuple(c.scratch_sizes) if arm.mode == SCRATCH else ()) or (0,)
+
+
 def check_seeds(c) -> None:
-    """Held-out seeds must not be compared; seeds that choose rates must be compared seeds."""
+    """Held-out seeds must not be compared; seeds that choose rates must be compared seeds;
+    a data-size sweep's sizes grow."""
     overlap = set(c.seeds) & set(c.heldout_seeds)
     if overlap:
         raise TransferError(f"heldout_seeds {sorted(overlap)} are also in seeds: a target fixed on a seed must not "
@@ -117,28 +131,35 @@ def check_seeds(c) -> None:
     if stray:
         raise TransferError(f"lr_seeds {sorted(stray)} are not in seeds {tuple(c.seeds)}: the seeds that choose "
                             "each arm's rate are a subset of the compared seeds.")
+    grid = tuple(c.target_sizes) + tuple(c.scratch_sizes)
+    if c.scratch_sizes and not c.target_sizes or list(grid) != sorted(set(grid)) or any(n <= 0 for n in grid):
+        raise TransferError(f"target_sizes {tuple(c.target_sizes)} then scratch_sizes {tuple(c.scratch_sizes)} must "
+                            "be positive example counts in increasing order, scratch_sizes above every target size.")
 
 
 def sweep_runs(c, exp_dir: Path) -> RunSpecs:
-    """Every arm at every rate of the grid, on the seeds that choose rates: `lr_seeds`, or when
-    none are listed every seed (and scratch's held-out seeds)."""
+    """Every arm at every size and rate of the grid, on the seeds that choose rates: `lr_seeds`,
+    or when none are listed every seed (and scratch's held-out seeds)."""
     runs: RunSpecs = {}
     for arm in _arms(c):
         seeds = c.lr_seeds or c.seeds + (c.heldout_seeds if arm.mode == SCRATCH else ())
-        for lr in c.lrs:
-            for seed in seeds:
-                runs.update(_target_run(c, exp_dir, arm, lr, seed))
+        for size in sizes(c, arm):
+            for lr in c.lrs:
+                for seed in seeds:
+                    runs.update(_target_run(c, exp_dir, arm, lr, seed, size))
     return runs
 
 
-def remaining_runs(c, exp_dir: Path, rates: dict[str, float]) -> RunSpecs:
-    """With `lr_seeds`, the other seeds (and scratch's held-out seeds) at each arm's chosen rate."""
+def remaining_runs(c, exp_dir: Path, rates: dict[tuple[str, int], float]) -> RunSpecs:
+    """With `lr_seeds`, the other seeds (and scratch's held-out seeds) at each arm's rate chosen
+    at each size (`rates[arm, size]`)."""
     if not c.lr_seeds:
         return {}
     runs: RunSpecs = {}
     for arm in _arms(c):
-        for seed in [s for s in c.seeds if s not in c.lr_seeds] + list(c.heldout_seeds if arm.mode == SCRATCH else ()):
-            runs.update(_target_run(c, exp_dir, arm, rates[arm.name], seed))
+        for size in sizes(c, arm):
+            for seed in [s for s in c.seeds if s not in c.lr_seeds] + list(c.heldout_seeds if arm.mode == SCRATCH else ()):
+                runs.update(_target_run(c, exp_dir, arm, rates[arm.name, size], seed, size))
     return runs
 
 
@@ -147,7 +168,8 @@ def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
         return
     info = {"name": c.name, "target": c.target.data.source, "sources": list(c.sources), "arms": list(c.arms),
             "seeds": list(c.seeds), "heldout_seeds": list(c.heldout_seeds), "lr_seeds": list(c.lr_seeds),
-            "lrs": list(c.lrs), "complete": complete}
+            "lrs": list(c.lrs), "target_sizes": list(c.target_sizes), "scratch_sizes": list(c.scratch_sizes),
+            "complete": complete}
     tmp = exp_dir / "experiment.json.tmp"
     tmp.write_text(json.dumps(info, indent=2))
     os.replace(tmp, exp_dir / "experiment.json")
@@ -176,11 +198,11 @@ def _train_all(runs: RunSpecs, exp_dir: Path, c, log) -> None:
             train_once(cfg, run_dir, info, log)
 
 
-def chosen_rates(exp_dir: Path) -> dict[str, float]:
-    """Each arm's learning rate as the report chooses it, from the runs on disk."""
+def chosen_rates(exp_dir: Path) -> dict[tuple[str, int], float]:
+    """Each arm's learning rate at each train-set size as the report chooses it, from the runs on disk."""
     owned, _ = discover([exp_dir])
     exp = read_experiment(exp_dir, owned.get(exp_dir.resolve(), []))
-    return {arm: choice.lr for arm, choice in choose_rates(exp).items()}
+    return {(arm, size): choice.lr for size in exp.sizes for arm, choice in choose_rates(exp.at_size(size)).items()}
 
 
 def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print) -> Path:
@@ -204,7 +226,8 @@ def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print)
     _train_all(sweep, exp_dir, c, log)
     if c.lr_seeds:
         rates = chosen_rates(exp_dir)
-        log("chosen rates (validation): " + ", ".join(f"{arm} {lr:g}" for arm, lr in rates.items()))
+        log("chosen rates (validation): " + ", ".join(f"{arm}{f' n{n}' if n else ''} {lr:g}"
+                                                      for (arm, n), lr in rates.items()))
         _train_all(remaining_runs(c, exp_dir, rates), exp_dir, c, log)
     _write_experiment(exp_dir, c, complete=True)
     return exp_dir

@@ -150,14 +150,24 @@ Grid = dict[str, dict[float, dict[int, Run]]]
 class Experiment:
     """One experiment directory as read: what was asked (experiment.json) and its runs.
 
-    `grid` holds the target runs by arm, learning rate and seed; `skipped` names the runs
-    left out of it and why."""
+    `grid` holds the target runs by arm, learning rate and seed at train-set size `size`
+    (examples; 0: the whole split); `skipped` names the runs left out of it and why."""
     dir: Path
     meta: dict[str, Any]
     runs: list[Run]
     sources: list[Run]
     grid: Grid
     skipped: list[str]
+    size: int = 0
+
+    @property
+    def sizes(self) -> list[int]:
+        """The train-set sizes the target runs used ([0] outside a data-size sweep)."""
+        return sorted({_train_examples(r) for r in self.runs if r.info.get("role") == "target"}) or [0]
+
+    def at_size(self, size: int) -> "Experiment":
+        """The same experiment with its grid over the target runs at `size`."""
+        return _assemble(self.dir, self.meta, self.runs, size)
 
     @property
     def name(self) -> str:
@@ -231,10 +241,12 @@ def _read_meta(exp_dir: Path) -> dict[str, Any]:
     return meta
 
 
-def read_experiment(exp_dir: Path, run_dirs: list[Path]) -> Experiment:
-    """The experiment and its runs, target runs placed by their run.json arm, lr and seed."""
-    meta = _read_meta(exp_dir)
-    runs = [read_run(d, os.path.relpath(d, exp_dir)) for d in run_dirs]
+def _train_examples(run: Run) -> int:
+    return int(run.info.get("train_examples") or 0)
+
+
+def _assemble(exp_dir: Path, meta: dict[str, Any], runs: list[Run], size: int) -> Experiment:
+    """The experiment with its grid over the target runs at train-set size `size`."""
     targets = [r for r in runs if r.info.get("role") == "target"]
     sources = [r for r in runs if r.info.get("role") == "source"]
     skipped = [f"{r.label}: run.json role {r.info.get('role')!r}, not source or target"
@@ -245,10 +257,20 @@ def read_experiment(exp_dir: Path, run_dirs: list[Path]) -> Experiment:
         if missing:
             skipped.append(f"{r.label}: run.json lacks {', '.join(missing)}")
             continue
+        if _train_examples(r) != size:
+            continue
         cell = grid.setdefault(str(r.info["arm"]), {}).setdefault(float(r.info["lr"]), {})
         seed = int(r.info["seed"])
         if seed in cell:
             raise ValueError(f"{exp_dir}: two runs claim arm {r.info['arm']!r} lr {r.info['lr']} "
                              f"seed {seed}: {cell[seed].label} and {r.label}; remove the copy")
         cell[seed] = r
-    return Experiment(exp_dir, meta, runs, sources, grid, skipped)
+    return Experiment(exp_dir, meta, runs, sources, grid, skipped, size)
+
+
+def read_experiment(exp_dir: Path, run_dirs: list[Path]) -> Experiment:
+    """The experiment and its runs, target runs placed by their run.json arm, lr and seed; in a
+    data-size sweep the grid holds the largest target size (Experiment.at_size gives the others)."""
+    meta = _read_meta(exp_dir)
+    runs = [read_run(d, os.path.relpath(d, exp_dir)) for d in run_dirs]
+    return _assemble(exp_dir, meta, runs, max([int(n) for n in meta.get("target_sizes") or ()], default=0))

@@ -15,6 +15,7 @@ from igpt.transfer.arms import SCRATCH
 from igpt.transfer.metrics import Curve
 from igpt.transfer.report.analysis import Analysis
 from igpt.transfer.report.collect import Run
+from igpt.transfer.report.data_sweep import DataSweep
 
 # (x attribute of Curve: "steps" or "tokens", y-axis label, {legend label: curves})
 Panel = tuple[str, str, dict[str, list[Curve]]]
@@ -163,3 +164,36 @@ def run_charts(runs: list[Run], slug: str, log_x: bool) -> list[Chart]:
             charts.append(Chart(f"{slug}_{split}.png", title,
                                 _plot(title, _steps_and_tokens(split, groups), log_x)))
     return charts
+
+
+def sweep_chart(sweep: DataSweep, slug: str) -> Chart:
+    """Scratch's optimum test loss against unique train tokens (the curve D_E is read off), and
+    each arm's effective data multiplier D_E / D_F against D_F, log-log (Hernandez et al.'s figure)."""
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(fig)
+    left, right = fig.subplots(1, 2)
+    for seed, points in sorted(sweep.scratch.items()):
+        left.plot([d for d, _ in points], [loss for _, loss in points], "o", alpha=0.5, label=f"seed {seed}")
+    curve = sweep.fits.pooled
+    grid = np.geomspace(curve.d_min, curve.d_max, 100)
+    left.plot(grid, [curve.loss_at(d) for d in grid], "k-", label="fit (all seeds)")
+    left.set(xscale="log", xlabel="unique train tokens D", ylabel="optimum test bits/token",
+             title=f"{SCRATCH}: loss at its early-stopping optimum")
+    left.legend(fontsize=7)
+    for arm in sorted({c.arm for c in sweep.cells}):
+        cells = sorted((c for c in sweep.cells if c.arm == arm and c.result.multiplier), key=lambda c: c.d_f)
+        if not cells:
+            continue
+        mean = np.array([c.result.multiplier.mean for c in cells])
+        lo = np.array([c.result.multiplier.lo if c.result.multiplier.lo is not None else m for c, m in zip(cells, mean)])
+        hi = np.array([c.result.multiplier.hi if c.result.multiplier.hi is not None else m for c, m in zip(cells, mean)])
+        right.errorbar([c.d_f for c in cells], mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3, label=arm)
+    right.axhline(1.0, color="grey", linestyle=":")
+    right.set(xscale="log", yscale="log", xlabel="fine-tuning tokens D_F", ylabel="effective data multiplier D_E / D_F",
+              title="effective data transferred (exact seeds)")
+    right.legend(fontsize=7)
+    return Chart(f"{slug}_effective_data.png",
+                 "Left: scratch's test loss at its early-stopping optimum against unique train tokens, with the "
+                 "fit D_E is read off. Right: effective data multiplier (D_F + D_T) / D_F per arm (geometric mean "
+                 "over exact seeds; bars = 95% t-interval, or range below 5 seeds); below 1: ossification.",
+                 _png(fig))

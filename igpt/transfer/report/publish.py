@@ -19,9 +19,10 @@ from typing import Any
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.report.analysis import Analysis, Headline, analyse
 from igpt.transfer.report.collect import Run, discover, read_experiment, read_runs
-from igpt.transfer.report.figures import experiment_charts, run_charts
+from igpt.transfer.report.data_sweep import analyse_sweep
+from igpt.transfer.report.figures import experiment_charts, run_charts, sweep_chart
 from igpt.transfer.report.render import (Section, experiment_section, render_html, render_md, runs_section,
-                                         terminal_lines)
+                                         sweep_section, terminal_lines)
 
 SUMMARY_FILE = "summary.json"
 UNITS = "bits/token"
@@ -137,15 +138,28 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
 
     taken: set[str] = set()
     analyses, sections = [], []
+    sweeps = {}
     for exp_dir, run_dirs in owned.items():
-        a = analyse(read_experiment(exp_dir, run_dirs), targets)
+        exp = read_experiment(exp_dir, run_dirs)
+        a = analyse(exp, targets)
         analyses.append(a)
-        sections.append(experiment_section(a, experiment_charts(a, _slug(a.experiment.name, taken), log_x)))
+        slug = _slug(a.experiment.name, taken)
+        sections.append(experiment_section(a, experiment_charts(a, slug, log_x)))
+        sweep = analyse_sweep(exp)
+        if sweep is not None:
+            sweeps[str(exp.dir)] = sweep
+            sections.append(sweep_section(sweep, [sweep_chart(sweep, slug)]))
     singles, unreadable = read_runs(single_dirs)
     if singles or unreadable:
         sections.append(runs_section(singles, run_charts(singles, _slug("runs", taken), log_x), unreadable))
-    text = json.dumps(_summary(paths, analyses, singles, unreadable, sections), indent=2, sort_keys=True,
-                      allow_nan=False)
+    summary = _summary(paths, analyses, singles, unreadable, sections)
+    for entry in summary["experiments"]:
+        sweep = sweeps.get(entry["dir"])
+        entry["effective_data"] = sweep and {"non_embedding_params": sweep.non_embedding_params,
+                                             "scratch": sweep.scratch, "notes": sweep.notes,
+                                             "cells": [dataclasses.asdict(c) for c in sweep.cells],
+                                             "law": dataclasses.asdict(sweep.law)}
+    text = json.dumps(summary, indent=2, sort_keys=True, allow_nan=False)
     title = ("Transfer report: " + "; ".join(f"{a.experiment.target} ({a.experiment.status})"
                                              for a in analyses) if analyses else "Run report")
     _write(out, title, sections, text)

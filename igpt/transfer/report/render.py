@@ -9,6 +9,8 @@ from igpt.transfer.comparison import StepsToTarget
 from igpt.transfer.intervals import MIN_SEEDS_FOR_T, Bound, Estimate, Pooled, Speedup
 from igpt.transfer.report.analysis import Analysis, Headline
 from igpt.transfer.report.collect import Run
+from igpt.transfer.report.data_sweep import DataSweep
+from igpt.transfer.effective_data import PooledEffectiveData
 from igpt.transfer.report.figures import Chart
 
 
@@ -342,3 +344,44 @@ def render_md(title: str, sections: list[Section]) -> str:
                 parts.append(f"### {heading} ({len(items)})\n\n"
                              + "\n".join(f"- {i}" for i in items))
     return "\n\n".join(parts) + "\n"
+
+
+def _tokens(x: float) -> str:
+    return f"{x:,.0f}"
+
+
+def _d_t_cell(p: PooledEffectiveData) -> str:
+    if p.d_t is None:
+        return "no exact seed"
+    e = p.d_t
+    interval = ("" if e.kind == "none" else f" [{_tokens(e.lo)}, {_tokens(e.hi)}]")
+    words = {"t": f"{e.confidence:.0%} t-interval, {e.n} seeds", "range": f"range over {e.n} seeds",
+             "none": "1 seed, no interval"}[e.kind]
+    return f"{_tokens(e.mean)}{interval} ({words})" + (" · ossified" if e.kind == "t" and e.hi < 0 else "")
+
+
+def sweep_section(sweep: DataSweep, charts: list[Chart]) -> Section:
+    """Effective data transferred over the data-size sweep, one row per arm and size."""
+    rows = [[c.arm, f"{c.examples:,}", _tokens(c.d_f), f"{c.lr:g}", _d_t_cell(c.result),
+             fmt_estimate(c.result.multiplier) if c.result.multiplier else "no exact seed",
+             f"{c.result.n_exact} exact, {c.result.n_extrapolated} extrapolated, {c.result.n_bound} bound"]
+            for c in sorted(sweep.cells, key=lambda c: (c.arm, c.examples))]
+    table = Table("Effective data transferred (tokens): D_T = D_E − D_F, D_E read off scratch's curve",
+                  ["arm", "train examples", "D_F", "lr", "D_T", "multiplier (D_F + D_T) / D_F", "seeds"], rows,
+                  "Only exact seeds (D_E inside scratch's measured range) enter the estimates; extrapolated and "
+                  "bound seeds are counted. D_T below 0 is ossification: the pretrained model does worse than "
+                  "scratch given the same data.")
+    law = sweep.law
+    fit = (f"Scaling fit D_T = k·D_F^α·N^β: k = {law.k:.3g}, α = {law.alpha:.3f}, β = {law.beta:.3f} "
+           f"({law.n_boot} bootstrap refits over seeds)" if law.status == "fit" else
+           f"No scaling fit D_T = k·D_F^α·N^β: {law.status} (it needs 4 or more points with D_T > 0 in the "
+           "low-data regime, D_F at most 10% of scratch's largest D, over 2 or more model sizes N and 3 or "
+           "more D_F; one experiment has one model size, N = "
+           f"{_tokens(sweep.non_embedding_params)} non-embedding parameters).")
+    intro = ["Each run trained on a prefix of the train split with early stopping on validation; its result "
+             "is its test loss at its lowest validation loss. Each arm is taken at its own best rate at each "
+             "size. Scratch's results over all sizes give, per seed, a non-increasing curve of loss against "
+             "unique train tokens (isotonic regression in log D, joined by a monotone cubic); an arm's result at "
+             "D_F, inverted on the curve of the same seed, is the scratch data D_E it is worth (Hernandez et al. "
+             "2021).", fit, *sweep.notes]
+    return Section("Effective data transferred (data-size sweep)", intro, [table], charts, [])

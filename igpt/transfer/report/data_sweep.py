@@ -1,0 +1,103 @@
+"""A data-size sweep's effective data transferred (Hernandez et al. 2021), from metrics files.
+
+Each target run trained on a prefix of the train split (run.json "train_examples", and
+"train_tokens": D) with early stopping; its result is its test loss at its lowest validation
+loss. At each size, each arm is taken at its own rate (analysis.choose_rates on that size's
+runs). Scratch's results over every size, per seed, give its loss-versus-data curve; an arm's
+result at D_F inverts it to D_E (igpt.transfer.effective_data), paired by seed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from igpt.transfer.arms import SCRATCH
+from igpt.transfer.effective_data import (PooledEffectiveData, ScratchFits, TransferLaw,
+                                          effective_data_seeds, fit_scratch_seeds, transfer_law)
+from igpt.transfer.report.analysis import choose_rates
+from igpt.transfer.report.collect import Experiment, Run
+
+
+def optimum_test_bits(run: Run) -> float | None:
+    """The test loss at the eval with the lowest validation loss (early stopping's choice);
+    None without both curves or when the run diverged."""
+    if run.validation is None or run.test is None or run.one_split:
+        return None
+    val = dict(zip(run.validation.steps, run.validation.losses))
+    test = dict(zip(run.test.steps, run.test.losses))
+    shared = [s for s in val if s in test and np.isfinite(val[s])]
+    if not shared:
+        return None
+    best = min(shared, key=lambda s: (val[s], s))
+    return float(test[best]) if np.isfinite(test[best]) else None
+
+
+@dataclass(frozen=True)
+class SweepCell:
+    """One arm at one size: its rate, D_F in unique train tokens, and effective data over seeds."""
+    arm: str
+    examples: int
+    lr: float
+    d_f: float
+    result: PooledEffectiveData
+
+
+@dataclass
+class DataSweep:
+    """Scratch's optimum test loss per seed against D, every arm's effective data per size, and
+    the scaling fit (which needs several model sizes: one experiment has one)."""
+    non_embedding_params: float
+    scratch: dict[int, list[tuple[float, float]]]
+    fits: ScratchFits
+    cells: list[SweepCell]
+    law: TransferLaw
+    notes: list[str] = field(default_factory=list)
+
+
+def _results(exp: Experiment, arm: str, held: set[int]) -> tuple[float, dict[int, tuple[float, float]]] | None:
+    """(chosen rate, {seed: (train tokens, optimum test bits)}) of an arm at exp's size."""
+    choice = choose_rates(exp).get(arm)
+    if choice is None:
+        return None
+    out = {}
+    for seed, run in exp.grid[arm][choice.lr].items():
+        loss = optimum_test_bits(run)
+        if seed not in held and loss is not None and run.info.get("train_tokens"):
+            out[seed] = (float(run.info["train_tokens"]), loss)
+    return choice.lr, out
+
+
+def analyse_sweep(exp: Experiment) -> DataSweep | None:
+    """None unless the experiment swept two or more train-set sizes with scratch results."""
+    if len(exp.sizes) < 2:
+        return None
+    held = set(exp.held_out_seeds)
+    by_size = {n: exp.at_size(n) for n in exp.sizes}
+    scratch: dict[int, list[tuple[float, float]]] = {}
+    for sub in by_size.values():
+        got = _results(sub, SCRATCH, held)
+        for seed, point in (got[1] if got else {}).items():
+            scratch.setdefault(seed, []).append(point)
+    scratch = {s: sorted(points) for s, points in scratch.items() if len({d for d, _ in points}) >= 2}
+    if not scratch:
+        return None
+    fits = fit_scratch_seeds({s: ([d for d, _ in p], [loss for _, loss in p]) for s, p in scratch.items()})
+    cells, notes = [], []
+    for n, sub in by_size.items():
+        for arm in sorted(a for a in sub.grid if a != SCRATCH):
+            got = _results(sub, arm, held)
+            if not got or not got[1]:
+                continue
+            lr, results = got
+            paired = {s: loss for s, (_, loss) in results.items() if s in fits.per_seed}
+            if len(paired) < len(results):
+                notes.append(f"{arm} at {n} examples: seeds {sorted(set(results) - set(paired))} have no scratch "
+                             "curve of their own and are left out.")
+            if paired:
+                d_f = float(np.median([d for d, _ in results.values()]))
+                cells.append(SweepCell(arm, n, lr, d_f, effective_data_seeds(fits.per_seed, d_f, paired)))
+    params = {float(r.info.get("non_embedding_params") or 0) for r in exp.runs if r.info.get("role") == "target"}
+    n_params = max(params, default=0.0)
+    law = transfer_law({n_params or 1.0: [c.result for c in cells]}, n_boot=200)
+    return DataSweep(n_params, scratch, fits, cells, law, notes)
