@@ -11,6 +11,8 @@ os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import pytest  # noqa: E402
 
+pytest_plugins = ["gcs_emulator"]  # fixtures gcs_bucket, gcs_root: gs:// on a local GCS emulator
+
 
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):

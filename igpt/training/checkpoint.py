@@ -2,21 +2,22 @@
 
 A checkpoint holds two items: `state` (params, optimizer state, step, ...: global arrays)
 and `meta` (JSON: what must match to resume, e.g. seeds, sequence length, vocabulary). Orbax writes
-each step into a temporary directory and renames it when every process has finished, so
+each step into a temporary directory and renames it when every process has finished (on object
+storage, where a rename is a copy per object, it writes a `commit_success.txt` marker instead), so
 `latest_step` only ever sees fully committed checkpoints; a save killed half-way is ignored.
+The directory may be local or gs:// (an `etils.epath.Path`; arrays go through tensorstore).
 """
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 
-from igpt.training.rundir import RunDir
+from igpt.training.rundir import RunDir, as_path, forget_listings
 from igpt.treepaths import path_names
-
 
 
 class CheckpointMismatchError(ValueError):
@@ -54,7 +55,8 @@ class Checkpointer:
     """One run's checkpoint directory (RunDir.checkpoints)."""
 
     def __init__(self, directory: str | os.PathLike, keep: int = 3, async_save: bool = True):
-        self.directory = Path(directory).absolute()
+        self.directory = as_path(directory)
+        forget_listings(self.directory)  # see steps written by other processes, hosts, tensorstore
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -69,8 +71,10 @@ class Checkpointer:
         """Committed steps, newest first."""
         return sorted(self.manager.all_steps(), reverse=True)
 
-    def set_aside(self, step: int) -> Path:
-        """Renames a damaged step out of the way (kept, never deleted), so it is no longer a step."""
+    def set_aside(self, step: int) -> epath.Path:
+        """Renames a damaged step out of the way (kept, never deleted), so it is no longer a step.
+        On object storage the rename copies each object, then deletes the originals."""
+        forget_listings(self.directory)
         source = self.directory / str(step)
         aside = self.directory / f"{step}.damaged"
         n = 1
@@ -78,6 +82,7 @@ class Checkpointer:
             n += 1
             aside = self.directory / f"{step}.damaged-{n}"
         source.rename(aside)
+        forget_listings(self.directory)
         self.manager.reload()
         return aside
 
@@ -122,7 +127,8 @@ def restore_params(run_dir: str | os.PathLike, sharding: jax.sharding.Sharding,
     source, placed with `sharding`; shapes come from the checkpoint, so the source's
     vocabulary and length need not match the caller's model."""
     directory = RunDir.at(run_dir).checkpoints
-    if not directory.is_dir():
+    forget_listings(directory)
+    if not directory.is_dir():  # on object storage: no object below it yet
         raise FileNotFoundError(f"{run_dir} has no {directory.name}/ directory: it is not an igpt run "
                                 "with checkpoints. Pretrain it first, or fix the source path.")
     manager = ocp.CheckpointManager(directory, item_handlers=_handlers(),

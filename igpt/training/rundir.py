@@ -10,6 +10,11 @@
   RUN/checkpoints/     orbax checkpoints (igpt.training.checkpoint)
   RUN/tokenizer/       the tokenizer the run fitted or copied
   RUN/tb/              TensorBoard events
+
+RUN may be a local directory or a prefix on object storage (gs://bucket/run): every path here
+is an `etils.epath.Path`, never a pathlib one (pathlib turns "gs://b/r" into the local "gs:/b/r").
+On object storage a directory exists only while objects lie below it, one object write is
+atomic, and a rename is a copy plus a delete; the helpers below keep callers off those edges.
 """
 from __future__ import annotations
 
@@ -18,8 +23,9 @@ import importlib.metadata
 import json
 import os
 import platform
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 CONFIG_FILE, VERSIONS_FILE, RUN_INFO_FILE, METRICS_FILE = "config.json", "versions.json", "run.json", "metrics.jsonl"
 CHECKPOINTS_DIR, TOKENIZER_DIR, TENSORBOARD_DIR = "checkpoints", "tokenizer", "tb"
@@ -41,20 +47,66 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Readers never see half a file: write beside it, then rename over it."""
+def is_object_storage(path: str | os.PathLike) -> bool:
+    """gs://, s3://, ...: a URL, not a local path."""
+    return "://" in os.fspath(path)
+
+
+def as_path(path: str | os.PathLike) -> epath.Path:
+    """The one path type for run data: gs:// kept as a URL, a local path made absolute."""
+    path = epath.Path(path)
+    return path if is_object_storage(path) else path.expanduser().absolute()
+
+
+def forget_listings(path: str | os.PathLike) -> None:
+    """On object storage, drops this process's cached directory listings (gcsfs keeps them, and
+    they go stale when tensorstore, another process or another host adds objects), so the next
+    exists(), is_dir() or iterdir() asks the store. Locally nothing is cached."""
+    if is_object_storage(path):
+        from etils.epath import backend
+
+        backend.fsspec_backend.fs(os.fspath(path)).invalidate_cache()
+
+
+def read_text_or_none(path: epath.Path) -> str | None:
+    """The file's text, None if it is absent (no race between a check and the read). On object
+    storage a cached listing of the parent could hold an old size, so listings are dropped first."""
+    forget_listings(path)
+    try:
+        return path.read_text()
+    except FileNotFoundError:
+        return None
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+    """Readers never see half a file. Locally: write beside it, then rename over it. On object
+    storage one object write is already atomic (and a rename would be a copy plus a delete)."""
+    path, text = as_path(path), json.dumps(obj, indent=2, sort_keys=True)
+    if is_object_storage(path):
+        path.write_text(text)
+        return
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+    tmp.write_text(text)
     os.replace(tmp, path)
+
+
+def _object_storage_advice(root: epath.Path, error: Exception) -> str:
+    why = "the bucket does not exist" if isinstance(error, FileNotFoundError) else f"{type(error).__name__}: {error}"
+    return (f"workdir {root} is not writable ({why}); check the bucket name, and that your credentials "
+            "(gcloud auth application-default login, or the VM's service account) may write objects there.")
 
 
 @dataclasses.dataclass(frozen=True)
 class RunDir:
-    root: Path
+    """A run's files under `root`, local or gs://; `RunDir(str | pathlib.Path | epath.Path)` works."""
+    root: epath.Path
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", as_path(self.root))
 
     @classmethod
     def at(cls, workdir: str | os.PathLike) -> RunDir:
-        return cls(Path(workdir).expanduser().absolute())
+        return cls(as_path(workdir))
 
     config = property(lambda self: self.root / CONFIG_FILE)
     versions = property(lambda self: self.root / VERSIONS_FILE)
@@ -64,30 +116,41 @@ class RunDir:
     tokenizer = property(lambda self: self.root / TOKENIZER_DIR)
     tensorboard = property(lambda self: self.root / TENSORBOARD_DIR)
 
-    def resumed_config(self, step: int) -> Path:
+    def resumed_config(self, step: int) -> epath.Path:
         return self.root / f"config.resumed-at-{step}.json"
 
     def prepare(self) -> RunDir:
-        """Creates the directory and proves it writable before any work starts."""
+        """Creates the directory and proves it writable before any work starts. On object storage
+        there is nothing to create (directories do not exist there): writing and deleting a probe
+        object proves the bucket exists and the credentials may write to it."""
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-test-{os.getpid()}"
+            if not is_object_storage(self.root):
+                self.root.mkdir(parents=True, exist_ok=True)
+            probe = self.root / f".write-test-{platform.node()}-{os.getpid()}"
             probe.write_text("ok")
             probe.unlink()
         except OSError as e:
-            raise WorkdirError(f"workdir {self.root} is not writable ({e.strerror}); choose another --workdir "
-                               "or fix its permissions.") from e
+            if is_object_storage(self.root):
+                raise WorkdirError(_object_storage_advice(self.root, e)) from e
+            raise WorkdirError(f"workdir {self.root} is not writable ({e.strerror or e}); choose another "
+                               "--workdir or fix its permissions.") from e
+        except Exception as e:  # gcsfs and google-auth raise more than OSError (e.g. no credentials)
+            if not is_object_storage(self.root):
+                raise
+            raise WorkdirError(_object_storage_advice(self.root, e)) from e
         return self
 
     def read_config(self) -> dict[str, Any] | None:
-        return json.loads(self.config.read_text()) if self.config.is_file() else None
+        text = read_text_or_none(self.config)
+        return None if text is None else json.loads(text)
 
     def write_config(self, config: dict[str, Any]) -> None:
         write_json_atomic(self.config, config)
         write_json_atomic(self.versions, library_versions())
 
     def read_info(self) -> dict[str, Any]:
-        return json.loads(self.run_info.read_text()) if self.run_info.is_file() else {}
+        text = read_text_or_none(self.run_info)
+        return {} if text is None else json.loads(text)
 
     def update_info(self, **fields: Any) -> dict[str, Any]:
         """Merges `fields` into run.json; `finished` follows `status`."""

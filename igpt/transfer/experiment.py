@@ -19,8 +19,6 @@ with several learning rates each arm is reported at its own best rate on validat
 """
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +28,7 @@ import ml_collections
 from igpt import distributed, sharding
 from igpt.data import pipeline
 from igpt.gpt import base_config, optim_config, train, train_config
-from igpt.training.rundir import RunDir
+from igpt.training.rundir import RunDir, write_json_atomic
 from igpt.transfer import init as transfer_init
 from igpt.transfer import workers
 from igpt.transfer.arms import SCRATCH, Arm, TransferError, parse_arm
@@ -170,9 +168,7 @@ def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
             "seeds": list(c.seeds), "heldout_seeds": list(c.heldout_seeds), "lr_seeds": list(c.lr_seeds),
             "lrs": list(c.lrs), "target_sizes": list(c.target_sizes), "scratch_sizes": list(c.scratch_sizes),
             "complete": complete}
-    tmp = exp_dir / "experiment.json.tmp"
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, exp_dir / "experiment.json")
+    write_json_atomic(exp_dir / "experiment.json", info)
 
 
 def train_once(cfg: ml_collections.ConfigDict, run_dir: Path, info: dict[str, Any], log=print) -> None:
