@@ -32,6 +32,9 @@ def test_experiment_arms_are_valid(path, tmp_path):
     rates = {(arm, n): c.lrs[0] for arm in c.arms for n in tuple(c.target_sizes) + tuple(c.scratch_sizes) + (0,)}
     runs = {**sweep_runs(c, tmp_path), **remaining_runs(c, tmp_path, rates)}
     deciders = len(c.lr_seeds) or len(c.seeds)
-    assert len(runs) == len(c.arms) * (deciders * len(c.lrs) + len(c.seeds) - deciders) + len(c.heldout_seeds) * (
+    per_size = len(c.arms) * (deciders * len(c.lrs) + len(c.seeds) - deciders) + len(c.heldout_seeds) * (
         1 if c.lr_seeds else len(c.lrs))
-    assert len(c.seeds) >= 5 and len(c.lrs) >= 3, "shipped experiments follow the protocol (issue 20)"
+    scratch_only = len(c.scratch_sizes) * (deciders * len(c.lrs) + len(c.seeds) - deciders)
+    assert len(runs) == per_size * max(len(c.target_sizes), 1) + scratch_only
+    assert len(c.seeds) >= 5, "shipped experiments follow the protocol (issue 20)"
+    assert len(c.lrs) >= 3 or "rate the demo chose" in path.read_text(), "a single rate needs a measured reason"
