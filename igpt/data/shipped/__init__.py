@@ -7,13 +7,16 @@ data_dir on first use, once even when several processes start together, and read
 """
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
+from absl import logging as absl_logging
 
 from igpt.data.errors import DataError
 from igpt.data.locking import file_lock
@@ -36,13 +39,36 @@ def prepared_builder(name: str, data_dir: str | os.PathLike) -> tfds.core.Datase
         raise DataError(f"unknown shipped dataset {name!r} (from data.source 'shipped:{name}'); "
                         f"choose one of {', '.join('shipped:' + n for n in BUILDERS)}.")
     make = functools.partial(BUILDERS[name], data_dir=os.fspath(data_dir), file_format="array_record")
-    builder = make()
-    if not builder.is_prepared():
-        with file_lock(Path(data_dir) / f".{builder.name}.lock"):
-            builder = make()  # re-read: another process may have prepared it while we waited
-            if not builder.is_prepared():
-                builder.download_and_prepare(file_format="array_record")
+    with _absl_errors_only():  # TFDS warns that a folder not prepared yet has no dataset_info.json
+        builder = make()
+        if not builder.is_prepared():
+            with file_lock(Path(data_dir) / f".{builder.name}.lock"):
+                builder = make()  # re-read: another process may have prepared it while we waited
+                if not builder.is_prepared():
+                    _prepare_quietly(builder, name)
     return builder
+
+
+@contextlib.contextmanager
+def _absl_errors_only() -> Iterator[None]:
+    before = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)
+    try:
+        yield
+    finally:
+        absl_logging.set_verbosity(before)
+
+
+def _prepare_quietly(builder: tfds.core.DatasetBuilder, name: str) -> None:
+    """One line instead of TFDS's "Downloading and preparing" banner and progress bars: nothing
+    is downloaded, the data comes from installed packages."""
+    print(f"preparing shipped:{name} in {builder.data_dir} (once; nothing is downloaded)", flush=True)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        tfds.disable_progress_bar()
+        try:
+            builder.download_and_prepare(file_format="array_record")
+        finally:
+            tfds.enable_progress_bar()
 
 
 def open_split(name: str, split: str, data_dir: str | os.PathLike, key: str) -> tuple[Sequence[Any], int]:
