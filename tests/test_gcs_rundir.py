@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from igpt.training.metrics import MetricsWriter, read_metrics
-from igpt.training.rundir import RunDir, WorkdirError, is_object_storage, write_json_atomic
+from igpt.paths import is_object_storage
+from igpt.training.rundir import RunDir, WorkdirError, write_json_atomic
 
 
 @pytest.fixture(params=["local", "gs"])

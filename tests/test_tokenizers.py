@@ -359,7 +359,7 @@ def test_vq_spec_on_a_gray_directory_says_what_it_holds(tmp_path):
 def test_a_tokenizer_spec_is_parsed_in_one_place(tmp_path):
     from igpt.tokenizers.base import SAVED, Spec, parse_spec
     assert parse_spec("palette:512") == Spec("palette", "512") and parse_spec("bytes") == Spec("bytes", "")
-    assert parse_spec("vq:runs/vq/tokenizer").directory == Path("runs/vq/tokenizer")
+    assert parse_spec("vq:runs/vq/tokenizer").directory == Path("runs/vq/tokenizer").absolute()
     saved = parse_spec(str(tmp_path))
     assert saved.kind == SAVED and saved.directory == tmp_path
     assert parse_spec("gray:16").directory is None

@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 import numpy as np
 from einops import rearrange
-from PIL import Image
 
 GRID_COLUMNS = 8
 GRID_PIXELS = 96  # each cell is upscaled (nearest) to about this size so pixels stay visible
@@ -69,19 +67,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", required=True, help="shipped:photos | shipped:digits | tfds:NAME")
     parser.add_argument("--tokenizer", required=True, help="palette:K or gray:LEVELS")
     parser.add_argument("--res", type=int, default=32, help="images are resized/centre-cropped to res x res")
-    parser.add_argument("--out", required=True, help="directory the tokenizer is saved to")
+    parser.add_argument("--out", required=True, help="directory the tokenizer is saved to (local or gs://)")
     parser.add_argument("--data_dir", default=None, help="TFDS data_dir (default ~/.cache/igpt/tfds)")
     parser.add_argument("--max_examples", type=int, default=0, help="cap on images read per split (0 = all)")
     args = parser.parse_args(argv)
 
     from igpt.data import pipeline, specs
-    from igpt.modalities.image import as_tokenizer_input
+    from igpt.modalities.image import as_tokenizer_input, write_png
+    from igpt.tokenizers.base import tokenizer_path
     from igpt.tokenizers.reconstruction import psnr
 
     data_cfg = specs.images(args.data, res=args.res, tokenizer=args.tokenizer, data_dir=args.data_dir,
                             max_examples=args.max_examples)
     tokenizer = pipeline.build_tokenizer(data_cfg)
-    out = Path(args.out)
+    out = tokenizer_path(args.out)
     tokenizer.save(out)
 
     held_out = as_tokenizer_input(tokenizer.kind, pipeline.load_examples(data_cfg, data_cfg.test_split))
@@ -89,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     # Spread the grid over the whole split so several held-out photos appear.
     shown = np.linspace(0, len(held_out) - 1, min(len(held_out), 4 * GRID_COLUMNS)).astype(int)
     grid_path = out / "reconstructions.png"
-    Image.fromarray(comparison_grid(held_out[shown], reconstructed[shown])).save(grid_path)
+    write_png(grid_path, comparison_grid(held_out[shown], reconstructed[shown]))
     print(f"{args.tokenizer} on {args.data} at {args.res}x{args.res}: held-out PSNR "
           f"{psnr(held_out, reconstructed):.2f} dB over {len(held_out)} {data_cfg.test_split} images; "
           f"vocab {tokenizer.vocab_size}; saved to {out}; grid {grid_path}")

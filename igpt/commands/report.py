@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+from igpt.paths import as_path, forget_listings
 from igpt.transfer.report import headline, write_report
 
 
@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.targets is not None and not args.targets:
         parser.error("--targets is empty; give losses in bits/token, e.g. 3.2,3.0")
-    missing = [p for p in args.inputs if not Path(p).is_dir()]
+    for p in args.inputs:
+        forget_listings(p)
+    missing = [p for p in args.inputs if not as_path(p).is_dir()]  # local or gs://
     if missing:
         parser.error(f"no such directory: {', '.join(missing)}")
     try:
@@ -44,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as e:
         print(f"igpt-report: error: {e}", file=sys.stderr)
         return 2
-    print(headline(summary, Path(args.out)))
+    print(headline(summary, args.out))
     return 0
 
 

@@ -7,22 +7,25 @@ the start of a sound) and unconditional samples. Writes by modality (igpt/modali
           unconditional.png
   audio   completion_I.wav, original_I.wav, unconditional_I.wav
   text    completions.txt, unconditional.txt
-and samples.npz with every token. Temperature 0 is greedy decoding.
+and samples.npz with every token. Temperature 0 is greedy decoding. --workdir and --out may be
+local or gs://.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import math
+import os
 import sys
-from pathlib import Path
 
 import numpy as np
+from etils import epath
 
 from igpt.modalities import get
 
 
-def save_outputs(out: Path, modality: str, tokenizer, sample_rate: int, prompt_tokens: int,
-                 originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[Path]:
+def save_outputs(out: str | os.PathLike, modality: str, tokenizer, sample_rate: int, prompt_tokens: int,
+                 originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[epath.Path]:
     """Decodes the three token sets [n, T] and writes them as the modality's media."""
     return get(modality).write_samples(out, tokenizer, sample_rate, prompt_tokens, originals, completions,
                                        unconditional)
@@ -32,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="igpt-sample", description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", required=True, help="a training run directory")
-    parser.add_argument("--out", required=True, help="where the samples go (created)")
+    parser.add_argument("--out", required=True, help="where the samples go (created), local or gs://")
     parser.add_argument("--num", type=int, default=8, help="sequences of each kind")
     parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
     parser.add_argument("--top_k", type=int, default=0, help="sample among the k likeliest tokens (0 = all)")
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     from igpt.data import pipeline
     from igpt.errors import fail_clearly
     from igpt.sample import axis_rules, generate, load_run
+    from igpt.paths import as_path, is_object_storage
 
     with fail_clearly():
         mesh_cfg = sharding.mesh_config()
@@ -70,10 +74,13 @@ def main(argv: list[str] | None = None) -> int:
             unconditional = generate(run.graphdef, run.params, empty, jax.random.fold_in(key, 1),
                                      args.temperature, args.top_k)
         completions, unconditional = np.asarray(completions), np.asarray(unconditional)
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        np.savez(out / "samples.npz", originals=originals, completions=completions, unconditional=unconditional,
+        out = as_path(args.out)
+        if not is_object_storage(out):  # object storage has no directories to create
+            out.mkdir(parents=True, exist_ok=True)
+        buffer = io.BytesIO()  # np.savez seeks, which an object being written to gs:// cannot
+        np.savez(buffer, originals=originals, completions=completions, unconditional=unconditional,
                  prompt_tokens=prompt_tokens)
+        (out / "samples.npz").write_bytes(buffer.getvalue())
         written = save_outputs(out, cfg.data.modality, run.tokenizer, cfg.data.sample_rate, prompt_tokens,
                                originals, completions, unconditional)
     print(f"igpt-sample: step {run.step} of {args.workdir}: wrote {', '.join(p.name for p in written[:6])}"

@@ -16,6 +16,7 @@ import numpy as np
 
 from igpt.data.errors import DataError
 from igpt.data.columns import Column, check_index
+from igpt.data.sources import check_data_dir
 
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
 
@@ -43,6 +44,7 @@ def _versions(directory: Path) -> list[Path]:
 def version_dir(spec: str, data_dir: str | Path) -> Path:
     """The prepared `DATA_DIR/NAME[/CONFIG]/VERSION` directory of `spec` (newest version if unnamed)."""
     name, config, version = parse_name(spec)
+    check_data_dir(f"tfds:{spec}", data_dir)  # ArrayRecord shards must lie on local disk
     data_dir = Path(data_dir).expanduser()
     if not data_dir.is_dir():
         raise DataError(f"data_dir {data_dir} (data.data_dir for tfds:{spec}) does not exist; "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from pathlib import Path
 from typing import Iterator
 
 import grain
@@ -26,7 +25,7 @@ from igpt.data.locking import file_lock
 from igpt.data.sources import open_split
 from igpt.modalities import Examples, get
 from igpt.modalities.image import as_tokenizer_input
-from igpt.tokenizers.base import META_FILE, SAVED, Tokenizer, parse_spec, read_tokenizer_meta
+from igpt.tokenizers.base import SAVED, Tokenizer, has_tokenizer, parse_spec, read_tokenizer_meta, tokenizer_path
 
 SPLITS = ("train", "validation", "test")
 
@@ -116,7 +115,7 @@ def resolve_seq_len(data_cfg: ml_collections.ConfigDict) -> None:
     if data_cfg.seq_len:
         return
     directory = parse_spec(data_cfg.tokenizer).directory
-    if data_cfg.modality != "image" or directory is None or not (directory / META_FILE).is_file():
+    if data_cfg.modality != "image" or directory is None or not has_tokenizer(directory):
         raise DataError(f"data.seq_len is 0 but {data_cfg.tokenizer!r} is no saved image tokenizer to read the "
                         "tokens per image from; set data.seq_len.")
     down = int(read_tokenizer_meta(directory)["settings"]["downsample"])
@@ -130,9 +129,10 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, cache_dir: str | os.Pat
     """The tokenizer data.tokenizer names, fitted on the train split (without its validation
     part) if it learns (palette).
 
-    With `cache_dir`, a tokenizer saved there is reused (a resume keeps its palette), and a
-    missing one is fitted and saved under a lock, so processes starting together fit it once
-    and all use the same one.
+    With `cache_dir` (local or gs://, e.g. the run's tokenizer/), a tokenizer saved there is
+    reused (a resume keeps its palette), and a missing one is fitted and saved under a lock
+    (igpt.data.locking: flock locally, a create-if-absent object on gs://), so processes and
+    hosts starting together fit it once and all use the same one.
     """
     from igpt.tokenizers import from_spec
 
@@ -144,9 +144,9 @@ def build_tokenizer(data_cfg: ml_collections.ConfigDict, cache_dir: str | os.Pat
     if cache_dir is None:
         tokenizer = from_spec(spec, fit_images=fit_images)
     else:
-        cache = Path(cache_dir)
+        cache = tokenizer_path(cache_dir)
         with file_lock(cache / ".fit.lock"):
-            if (cache / META_FILE).is_file():
+            if has_tokenizer(cache):  # asks the store again: another host may have just saved it
                 tokenizer = from_spec(str(cache))
             else:
                 tokenizer = from_spec(spec, fit_images=fit_images)

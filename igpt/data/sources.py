@@ -1,4 +1,9 @@
-"""From `data.source` to one split's raw feature values: shipped builders or the TFDS catalog."""
+"""From `data.source` to one split's raw feature values: shipped builders or the TFDS catalog.
+
+data.data_dir must be on local disk (or a mounted bucket): igpt reads and prepares datasets as
+ArrayRecord shards, whose C++ reader and writer open local files only, so TFDS cannot serve
+them from gs:// (a read hangs, a prepare fails). `check_data_dir` says so before any work.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -19,12 +24,27 @@ class RawSplit:
     where: str             # e.g. "tfds:mnist split 'train' in /data/tfds", for messages
 
 
+def check_data_dir(source: str, data_dir: str | os.PathLike) -> None:
+    """Raises one DataError line when `data_dir` is on object storage (gs://...), saying why and what to do."""
+    data_dir = os.fspath(data_dir)
+    if "://" not in data_dir:
+        return
+    local = "/path/on/local/disk/tfds"
+    raise DataError(
+        f"data.data_dir={data_dir} (for {source}) is on object storage, but igpt reads datasets as ArrayRecord "
+        "shards, whose reader and writer open local files only (TFDS cannot read or prepare them on gs://); "
+        f"copy the prepared dataset to local disk (`gsutil -m cp -r {data_dir.rstrip('/')}/NAME {local}/`) or "
+        f"mount the bucket with gcsfuse, and set data.data_dir to that local directory ({local}); run "
+        "directories (--workdir) may stay on gs://.")
+
+
 def open_split(data_cfg: ml_collections.ConfigDict, split: str, key: str) -> RawSplit:
     """Opens feature `key` of `split` of `data_cfg.source`, preparing a shipped dataset on first use.
 
     Backends are imported here, not at the top, so importing igpt.data stays free of TFDS.
     """
     kind, _, name = data_cfg.source.partition(":")
+    check_data_dir(data_cfg.source, data_cfg.data_dir)
     data_dir = os.path.expanduser(data_cfg.data_dir)
     where = f"{data_cfg.source} split {split!r} in {data_dir}"
     if kind == "shipped":

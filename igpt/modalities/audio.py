@@ -2,14 +2,16 @@
 VQ-VAE's 1-D grid of codes; WAV files of samples."""
 from __future__ import annotations
 
+import io
+import os
 import wave as wavfile
 from math import gcd
-from pathlib import Path
 from typing import Callable
 
 import ml_collections
 import numpy as np
 from einops import rearrange
+from etils import epath
 from scipy.signal import resample_poly
 
 from igpt.data.errors import DataError
@@ -82,14 +84,16 @@ def frames(wave: np.ndarray, frame_len: int) -> np.ndarray:
     return rearrange(np.asarray(wave)[: n * frame_len], "(n t) -> n t", t=frame_len)
 
 
-def write_wav(path: Path, wave: np.ndarray, sample_rate: int) -> None:
-    """Mono 16-bit PCM from floats in [-1, 1]."""
+def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> None:
+    """Mono 16-bit PCM from floats in [-1, 1], at `path`, local or gs:// (one object write there)."""
     pcm = np.round(np.clip(wave, -1.0, 1.0) * 32767).astype("<i2")
-    with wavfile.open(str(path), "wb") as f:
+    buffer = io.BytesIO()
+    with wavfile.open(buffer, "wb") as f:
         f.setnchannels(1)
         f.setsampwidth(2)
         f.setframerate(sample_rate)
         f.writeframes(pcm.tobytes())
+    epath.Path(path).write_bytes(buffer.getvalue())
 
 
 class AudioModality:
@@ -114,10 +118,11 @@ class AudioModality:
         """seq_len-sample frames of every clip, each tokenized on its own."""
         return tokenizer.encode(np.concatenate([frames(w, data_cfg.seq_len) for w in examples]))
 
-    def write_samples(self, out: Path, tokenizer: Tokenizer, sample_rate: int, prompt_tokens: int,
-                      originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[Path]:
-        """completion_I.wav, original_I.wav, unconditional_I.wav."""
-        written = []
+    def write_samples(self, out: str | os.PathLike, tokenizer: Tokenizer, sample_rate: int, prompt_tokens: int,
+                      originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[epath.Path]:
+        """completion_I.wav, original_I.wav, unconditional_I.wav into `out` (an existing local directory,
+        or gs://)."""
+        out, written = epath.Path(out), []
         for name, tokens in (("completion", completions), ("original", originals), ("unconditional", unconditional)):
             for i, w in enumerate(tokenizer.decode(tokens)):
                 write_wav(out / f"{name}_{i}.wav", w, sample_rate)

@@ -2,13 +2,15 @@
 sequence each; a VQ-VAE's 2-D grid of codes; PNG grids of samples."""
 from __future__ import annotations
 
+import io
 import math
-from pathlib import Path
+import os
 from typing import Callable
 
 import ml_collections
 import numpy as np
 from einops import rearrange
+from etils import epath
 from PIL import Image
 
 from igpt.data.errors import DataError
@@ -79,6 +81,13 @@ def image_grid(images: np.ndarray) -> np.ndarray:
     return rearrange(images, "r c h w ch -> (r h) (c w) ch")
 
 
+def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
+    """A uint8 image [H, W(, C)] as a PNG at `path`, local or gs:// (one object write there)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    epath.Path(path).write_bytes(buffer.getvalue())
+
+
 def grey_after(images: np.ndarray, prompt_tokens: int, token_rows: int, token_cols: int) -> np.ndarray:
     """Images [n, H, W(, C)] with every pixel outside the first `prompt_tokens` raster-order
     tokens of a token_rows x token_cols grid set to grey: what the model was shown."""
@@ -112,16 +121,18 @@ class ImageModality:
                             "both.")
         return tokens
 
-    def write_samples(self, out: Path, tokenizer: Tokenizer, sample_rate: int, prompt_tokens: int,
-                      originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[Path]:
-        """completions.png (rows: prompt with the rest greyed, completion, original), unconditional.png."""
+    def write_samples(self, out: str | os.PathLike, tokenizer: Tokenizer, sample_rate: int, prompt_tokens: int,
+                      originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[epath.Path]:
+        """completions.png (rows: prompt with the rest greyed, completion, original), unconditional.png,
+        into `out` (an existing local directory, or gs://)."""
+        out = epath.Path(out)
         side = math.isqrt(originals.shape[1])
         orig, comp, uncond = (tokenizer.decode(t) for t in (originals, completions, unconditional))
         shown = grey_after(orig, prompt_tokens, side, side)
         written = []
         for name, grid in (("completions.png", np.stack([shown, comp, orig], axis=1)),
                            ("unconditional.png", uncond[:, None])):
-            Image.fromarray(image_grid(grid)).save(out / name)
+            write_png(out / name, image_grid(grid))
             written.append(out / name)
         return written
 

@@ -2,11 +2,12 @@
 files of samples."""
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 import ml_collections
 import numpy as np
 from einops import rearrange
+from etils import epath
 
 from igpt.data.sources import RawSplit
 from igpt.tokenizers.base import Tokenizer
@@ -40,10 +41,10 @@ class TextModality:
     def sequences(self, examples: list[str], tokenizer: Tokenizer, data_cfg: ml_collections.ConfigDict) -> np.ndarray:
         return pack_text(examples, tokenizer, data_cfg.seq_len)
 
-    def write_samples(self, out: Path, tokenizer: Tokenizer, sample_rate: int, prompt_tokens: int,
-                      originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[Path]:
-        """completions.txt and unconditional.txt."""
-        written = []
+    def write_samples(self, out: str | os.PathLike, tokenizer: Tokenizer, sample_rate: int, prompt_tokens: int,
+                      originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[epath.Path]:
+        """completions.txt and unconditional.txt into `out` (an existing local directory, or gs://)."""
+        out, written = epath.Path(out), []
         for name, tokens in (("completions.txt", completions), ("unconditional.txt", unconditional)):
             (out / name).write_text(SAMPLE_SEPARATOR.join(tokenizer.decode(tokens)))
             written.append(out / name)

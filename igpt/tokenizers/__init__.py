@@ -3,6 +3,7 @@
 
   tok = from_spec("palette:512", fit_images=lambda: train_images)
   tok.save("runs/tok"); assert load("runs/tok").vocab_size == 512
+Directories may be local or gs:// (see igpt.tokenizers.base).
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from igpt.tokenizers.base import SAVED, Tokenizer, TokenizerError, parse_spec, read_tokenizer_meta
+from igpt.tokenizers.base import SAVED, Tokenizer, TokenizerError, has_tokenizer, parse_spec, read_tokenizer_meta
 from igpt.tokenizers.bytes import ByteTokenizer
 from igpt.tokenizers.grayscale import GrayscaleTokenizer
 from igpt.tokenizers.mulaw import MulawTokenizer
@@ -69,6 +70,6 @@ def from_spec(spec: str, fit_images: Callable[[], np.ndarray] | None = None) -> 
     if name == "vq" and arg:
         from igpt.tokenizers.vq import VQTokenizer  # imported only here: it brings the VQ model code
         return VQTokenizer.load(arg)
-    if name == SAVED and parsed.directory.is_dir():
-        return load(parsed.directory)
+    if name == SAVED and (has_tokenizer(parsed.directory) or parsed.directory.is_dir()):
+        return load(parsed.directory)  # a directory without tokenizer.json fails there, with the fix
     raise TokenizerError(f"unknown tokenizer spec {spec!r}; valid forms: {SPEC_FORMS}.")

@@ -16,7 +16,8 @@ import jax
 import orbax.checkpoint as ocp
 from etils import epath
 
-from igpt.training.rundir import RunDir, as_path, forget_listings
+from igpt.paths import as_path, forget_listings
+from igpt.training.rundir import RunDir
 from igpt.treepaths import path_names
 
 

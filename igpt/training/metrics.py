@@ -31,7 +31,8 @@ import os
 import time
 from typing import Any
 
-from igpt.training.rundir import METRICS_FILE, as_path, is_object_storage, read_text_or_none
+from igpt.paths import as_path, is_object_storage
+from igpt.training.rundir import METRICS_FILE, read_text_or_none
 
 
 def bits(nats: float) -> float:

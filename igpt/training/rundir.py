@@ -27,6 +27,8 @@ from typing import Any
 
 from etils import epath
 
+from igpt.paths import as_path, forget_listings, is_object_storage, write_bytes_atomic
+
 CONFIG_FILE, VERSIONS_FILE, RUN_INFO_FILE, METRICS_FILE = "config.json", "versions.json", "run.json", "metrics.jsonl"
 CHECKPOINTS_DIR, TOKENIZER_DIR, TENSORBOARD_DIR = "checkpoints", "tokenizer", "tb"
 LIBRARIES = ("igpt", "jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "grain", "numpy")
@@ -47,27 +49,6 @@ def library_versions() -> dict[str, str]:
     return found
 
 
-def is_object_storage(path: str | os.PathLike) -> bool:
-    """gs://, s3://, ...: a URL, not a local path."""
-    return "://" in os.fspath(path)
-
-
-def as_path(path: str | os.PathLike) -> epath.Path:
-    """The one path type for run data: gs:// kept as a URL, a local path made absolute."""
-    path = epath.Path(path)
-    return path if is_object_storage(path) else path.expanduser().absolute()
-
-
-def forget_listings(path: str | os.PathLike) -> None:
-    """On object storage, drops this process's cached directory listings (gcsfs keeps them, and
-    they go stale when tensorstore, another process or another host adds objects), so the next
-    exists(), is_dir() or iterdir() asks the store. Locally nothing is cached."""
-    if is_object_storage(path):
-        from etils.epath import backend
-
-        backend.fsspec_backend.fs(os.fspath(path)).invalidate_cache()
-
-
 def read_text_or_none(path: epath.Path) -> str | None:
     """The file's text, None if it is absent (no race between a check and the read). On object
     storage a cached listing of the parent could hold an old size, so listings are dropped first."""
@@ -79,15 +60,8 @@ def read_text_or_none(path: epath.Path) -> str | None:
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-    """Readers never see half a file. Locally: write beside it, then rename over it. On object
-    storage one object write is already atomic (and a rename would be a copy plus a delete)."""
-    path, text = as_path(path), json.dumps(obj, indent=2, sort_keys=True)
-    if is_object_storage(path):
-        path.write_text(text)
-        return
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    """Readers never see half a file (igpt.paths.write_bytes_atomic)."""
+    write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
 def _object_storage_advice(root: epath.Path, error: Exception) -> str:

@@ -20,6 +20,7 @@ from absl import logging as absl_logging
 
 from igpt.data.errors import DataError
 from igpt.data.locking import file_lock
+from igpt.data.sources import check_data_dir
 from igpt.data.shipped import digits, music, noise, photos, prose
 from igpt.data.columns import Column
 
@@ -38,6 +39,7 @@ def prepared_builder(name: str, data_dir: str | os.PathLike) -> tfds.core.Datase
     if name not in BUILDERS:
         raise DataError(f"unknown shipped dataset {name!r} (from data.source 'shipped:{name}'); "
                         f"choose one of {', '.join('shipped:' + n for n in BUILDERS)}.")
+    check_data_dir(f"shipped:{name}", data_dir)  # ArrayRecord shards are written and read on local disk only
     make = functools.partial(BUILDERS[name], data_dir=os.fspath(data_dir), file_format="array_record")
     with _absl_errors_only():  # TFDS warns that a folder not prepared yet has no dataset_info.json
         builder = make()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 import jax
@@ -22,7 +21,8 @@ from einops import rearrange
 from flax import nnx
 
 from igpt.modalities import signal
-from igpt.tokenizers.base import TokenizerError, read_tokenizer_dir, write_tokenizer_dir
+from igpt.paths import made_dir, write_bytes_atomic
+from igpt.tokenizers.base import TokenizerError, read_tokenizer_dir, tokenizer_path, write_tokenizer_dir
 from igpt.tokenizers.checks import as_tokens
 from igpt.tokenizers.vq.network import abstract_model, check_model, downsample
 from igpt.tokenizers.vq.quantizers import build_quantizer
@@ -109,17 +109,17 @@ class VQTokenizer:
         return self.modality.vq_output(self._chunked(self._decode, grid))
 
     def save(self, directory: str | os.PathLike) -> None:
-        """Weights and codebook to arrays.npz, configs to tokenizer.json, metrics to metrics.json."""
-        path = Path(directory)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / HELD_OUT_METRICS_FILE).write_text(json.dumps(self.metrics, indent=2, sort_keys=True))
+        """Weights and codebook to arrays.npz, configs to tokenizer.json, metrics to metrics.json
+        (local or gs://)."""
+        path = made_dir(directory)
+        write_bytes_atomic(path / HELD_OUT_METRICS_FILE, json.dumps(self.metrics, indent=2, sort_keys=True).encode())
         arrays = {**_flatten(nnx.to_pure_dict(self.params), "params/"), **_flatten(self.qstate, "quantizer/")}
         write_tokenizer_dir(path, KIND, {"model": _jsonable(self.model_cfg), "quantizer": _jsonable(self.quantizer_cfg),
                                          "vocab_size": self.vocab_size, "downsample": self.downsample}, arrays)
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> VQTokenizer:
-        directory = Path(directory).expanduser()
+        directory = tokenizer_path(directory)
         settings, arrays = read_tokenizer_dir(directory, KIND)
         model = ml_collections.ConfigDict(_tuples(settings["model"]))
         quantizer = ml_collections.ConfigDict(_tuples(settings["quantizer"]))
@@ -133,8 +133,10 @@ class VQTokenizer:
         leaves = [arrays[n] for n in names]
         nnx.replace_by_pure_dict(state, jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(pure), leaves))
         qstate = {k[len("quantizer/"):]: v for k, v in arrays.items() if k.startswith("quantizer/")}
-        metrics_path = Path(directory) / HELD_OUT_METRICS_FILE
-        metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else {}
+        try:
+            metrics = json.loads((directory / HELD_OUT_METRICS_FILE).read_text())
+        except FileNotFoundError:
+            metrics = {}
         return cls(model, quantizer, state, qstate, metrics)
 
 def _jsonable(cfg: ml_collections.ConfigDict) -> dict[str, Any]:
