@@ -134,7 +134,7 @@ def test_a_data_size_sweep_runs_every_arm_at_each_size_and_scratch_also_above(tm
 def test_a_tiny_data_size_sweep_runs_end_to_end_and_reports_effective_data(tmp_path, data_dir):
     c = get_config(data_dir)
     c.arms, c.seeds, c.target_sizes, c.scratch_sizes = ("scratch", "digits/full"), (0, 1), (30, 100), (300, 1000)
-    c.target.train.steps, c.target.train.patience = 200, 2
+    c.target.train.steps, c.target.train.eval_every, c.target.train.patience = 300, 10, 3
     exp = run_experiment(c, tmp_path / "sweep", log=lambda *_: None)
     infos = [json.loads(p.read_text()) for p in (exp / "target").rglob("run.json")]
     assert len(infos) == 2 * 4 + 2 * 2 and all(i["finished"] for i in infos)

@@ -455,10 +455,11 @@ def _scratch_bits(tokens: float) -> float:
     return 2.0 + 50.0 * tokens ** -0.3
 
 
-def test_a_data_size_sweep_gives_back_a_planted_effective_data_multiplier(tmp_path):
+def _sweep_experiment(root: Path, flat_scratch_seed: int | None = None) -> Path:
     """Runs whose early-stopped test loss is planted: scratch follows L(D); prose/full at D_F
-    reaches L(3 D_F) (D_T = 2 D_F), noise/full reaches L(D_F / 2) (ossified)."""
-    exp = tmp_path / "sweep"
+    reaches L(3 D_F) (D_T = 2 D_F), noise/full reaches L(D_F / 2) (ossified). A flat scratch
+    seed has the same loss at every size (not data-limited)."""
+    exp = root / "sweep"
     exp.mkdir()
     sizes, scratch_only, seeds = [100, 300, 1000], [3000, 10000], range(5)
     (exp / "experiment.json").write_text(json.dumps({
@@ -467,7 +468,8 @@ def test_a_data_size_sweep_gives_back_a_planted_effective_data_multiplier(tmp_pa
     for arm, worth in ((SCRATCH, 1.0), ("prose/full", 3.0), ("noise/full", 0.5)):
         for n in sizes + (scratch_only if arm == SCRATCH else []):
             for seed in seeds:
-                best = _scratch_bits(64 * n * worth) + 0.01 * seed  # a seed's offset is shared by its arms
+                flat = arm == SCRATCH and seed == flat_scratch_seed
+                best = _scratch_bits(64 * (100 if flat else n) * worth) + 0.01 * seed  # a seed's offset: all arms
                 d = exp / "target" / arm.replace("/", "__") / f"n{n}" / f"lr{GOOD:g}" / f"seed{seed}"
                 d.mkdir(parents=True)
                 RunDir(d).update_info(role="target", arm=arm, seed=seed, lr=GOOD, mode="full", finished=True,
@@ -479,6 +481,12 @@ def test_a_data_size_sweep_gives_back_a_planted_effective_data_multiplier(tmp_pa
                         writer.write({"step": step, "split": split, "tokens_seen": step * 4096,
                                       "loss": b * math.log(2), "bits_per_token": b})
                 writer.close()
+    return exp
+
+
+def test_a_data_size_sweep_gives_back_a_planted_effective_data_multiplier(tmp_path):
+    sizes = [100, 300, 1000]
+    exp = _sweep_experiment(tmp_path)
     summary = write_report([exp], tmp_path / "report")
     cells = {(c["arm"], c["examples"]): c["result"] for c in summary["experiments"][0]["effective_data"]["cells"]}
     for n in sizes:
@@ -492,3 +500,11 @@ def test_a_data_size_sweep_gives_back_a_planted_effective_data_multiplier(tmp_pa
     assert "Effective data transferred (data-size sweep)" in md and "ossified" in md
     assert "No scaling fit" in md and "too few" in md
     assert (tmp_path / "report" / "sweep_effective_data.png").stat().st_size > 10_000
+
+
+def test_a_scratch_seed_that_is_not_data_limited_is_left_out_with_a_note(tmp_path):
+    summary = write_report([_sweep_experiment(tmp_path, flat_scratch_seed=2)], tmp_path / "report")
+    sweep = summary["experiments"][0]["effective_data"]
+    assert any("seed 2 left out" in n for n in sweep["notes"])
+    prose = {c["examples"]: c["result"] for c in sweep["cells"] if c["arm"] == "prose/full"}
+    assert prose[300]["n_exact"] == 4 and prose[300]["multiplier"]["mean"] == pytest.approx(3.0, rel=0.05)

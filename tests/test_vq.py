@@ -465,7 +465,9 @@ def test_fit_then_transfer_on_vq_image_tokens_end_to_end(data_dir, tmp_path):
         f"--config.sources.prose.data_dir={data_dir}", "--config.sources.prose.seq_len=64",
         "--config.source.train.steps=10", "--config.source.train.global_batch=8",
         "--config.target.train.steps=10", "--config.target.train.global_batch=8",
-        "--config.target.train.eval_every=5", "--config.target.train.checkpoint_every=5", "--config.seeds=(0,)")
+        "--config.target.train.eval_every=5", "--config.target.train.checkpoint_every=5", "--config.seeds=(0,)",
+        "--config.lr_seeds=()", "--config.heldout_seeds=()", "--config.lrs=(2e-3,)", "--config.workers=1",
+        "--config.arms=('scratch','prose/full')")
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert json.loads((exp / "experiment.json").read_text())["complete"]
     for arm in ("scratch", "prose__full"):

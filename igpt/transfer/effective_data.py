@@ -41,6 +41,7 @@ CurveMethod = Literal["isotonic", "power_law"]
 LawStatus = Literal["fit", "too few positive points", "too few sizes"]
 
 MIN_LAW_POINTS = 4
+FLAT_BITS = 1e-9  # loss differences below this are float rounding, not a fall
 
 
 def _points(d: Sequence[float], losses: Sequence[float], name: str) -> tuple[np.ndarray, np.ndarray]:
@@ -59,12 +60,13 @@ def _points(d: Sequence[float], losses: Sequence[float], name: str) -> tuple[np.
 
 def _non_increasing(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Pool adjacent violators: blocks of a weighted non-increasing fit, as (mean x, mean y)
-    knots with strictly falling y, so the interpolated curve has one inverse."""
+    knots with strictly falling y, so the interpolated curve has one inverse. Falls within
+    FLAT_BITS (rounding in the block means, not data) count as ties and are pooled."""
     blocks: list[list[float]] = []                 # [sum w*x, sum w*y, sum w]
     for xi in np.unique(x):
         at = x == xi
         blocks.append([float(xi * at.sum()), float(y[at].sum()), float(at.sum())])
-        while len(blocks) >= 2 and blocks[-2][1] / blocks[-2][2] <= blocks[-1][1] / blocks[-1][2]:
+        while len(blocks) >= 2 and blocks[-2][1] / blocks[-2][2] <= blocks[-1][1] / blocks[-1][2] + FLAT_BITS:
             last = blocks.pop()
             blocks[-1] = [a + b for a, b in zip(blocks[-1], last)]
     b = np.asarray(blocks)

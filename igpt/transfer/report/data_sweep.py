@@ -45,11 +45,12 @@ class SweepCell:
 
 @dataclass
 class DataSweep:
-    """Scratch's optimum test loss per seed against D, every arm's effective data per size, and
-    the scaling fit (which needs several model sizes: one experiment has one)."""
+    """Scratch's optimum test loss per seed against D, its fits (None: no seed could be fitted,
+    see notes), every arm's effective data per size, and the scaling fit (which needs several
+    model sizes: one experiment has one)."""
     non_embedding_params: float
     scratch: dict[int, list[tuple[float, float]]]
-    fits: ScratchFits
+    fits: ScratchFits | None
     cells: list[SweepCell]
     law: TransferLaw
     notes: list[str] = field(default_factory=list)
@@ -68,6 +69,22 @@ def _results(exp: Experiment, arm: str, held: set[int]) -> tuple[float, dict[int
     return choice.lr, out
 
 
+def _fit(scratch: dict[int, list[tuple[float, float]]]) -> tuple[ScratchFits | None, list[str]]:
+    """Scratch's curves, leaving out (with a note) seeds whose loss does not fall with D: such a
+    seed is not data-limited at these sizes (or stopped early on noise), and inverts to nothing."""
+    notes, usable = [], {}
+    for seed, points in scratch.items():
+        try:
+            fit_scratch_seeds({seed: ([d for d, _ in points], [loss for _, loss in points])})
+            usable[seed] = points
+        except ValueError as e:
+            notes.append(f"{SCRATCH} seed {seed} left out of effective data: {e}")
+    if not usable:
+        notes.append(f"No effective data: no {SCRATCH} seed has a loss that falls with the train-set size.")
+        return None, notes
+    return fit_scratch_seeds({s: ([d for d, _ in p], [loss for _, loss in p]) for s, p in usable.items()}), notes
+
+
 def analyse_sweep(exp: Experiment) -> DataSweep | None:
     """None unless the experiment swept two or more train-set sizes with scratch results."""
     if len(exp.sizes) < 2:
@@ -80,10 +97,10 @@ def analyse_sweep(exp: Experiment) -> DataSweep | None:
         for seed, point in (got[1] if got else {}).items():
             scratch.setdefault(seed, []).append(point)
     scratch = {s: sorted(points) for s, points in scratch.items() if len({d for d, _ in points}) >= 2}
-    if not scratch:
-        return None
-    fits = fit_scratch_seeds({s: ([d for d, _ in p], [loss for _, loss in p]) for s, p in scratch.items()})
-    cells, notes = [], []
+    fits, notes = _fit(scratch)
+    if fits is None:
+        return DataSweep(0.0, scratch, None, [], transfer_law({1.0: []}), notes)
+    cells = []
     for n, sub in by_size.items():
         for arm in sorted(a for a in sub.grid if a != SCRATCH):
             got = _results(sub, arm, held)

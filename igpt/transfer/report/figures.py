@@ -174,9 +174,10 @@ def sweep_chart(sweep: DataSweep, slug: str) -> Chart:
     left, right = fig.subplots(1, 2)
     for seed, points in sorted(sweep.scratch.items()):
         left.plot([d for d, _ in points], [loss for _, loss in points], "o", alpha=0.5, label=f"seed {seed}")
-    curve = sweep.fits.pooled
-    grid = np.geomspace(curve.d_min, curve.d_max, 100)
-    left.plot(grid, [curve.loss_at(d) for d in grid], "k-", label="fit (all seeds)")
+    if sweep.fits is not None:
+        curve = sweep.fits.pooled
+        grid = np.geomspace(curve.d_min, curve.d_max, 100)
+        left.plot(grid, [curve.loss_at(d) for d in grid], "k-", label="fit (all seeds)")
     left.set(xscale="log", xlabel="unique train tokens D", ylabel="optimum test bits/token",
              title=f"{SCRATCH}: loss at its early-stopping optimum")
     left.legend(fontsize=7)
@@ -187,7 +188,7 @@ def sweep_chart(sweep: DataSweep, slug: str) -> Chart:
         mean = np.array([c.result.multiplier.mean for c in cells])
         lo = np.array([c.result.multiplier.lo if c.result.multiplier.lo is not None else m for c, m in zip(cells, mean)])
         hi = np.array([c.result.multiplier.hi if c.result.multiplier.hi is not None else m for c, m in zip(cells, mean)])
-        right.errorbar([c.d_f for c in cells], mean, yerr=[mean - lo, hi - mean], marker="o", capsize=3, label=arm)
+        right.errorbar([c.d_f for c in cells], mean, yerr=np.maximum(0.0, [mean - lo, hi - mean]), marker="o", capsize=3, label=arm)
     right.axhline(1.0, color="grey", linestyle=":")
     right.set(xscale="log", yscale="log", xlabel="fine-tuning tokens D_F", ylabel="effective data multiplier D_E / D_F",
               title="effective data transferred (exact seeds)")
