@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from igpt.transfer.effective_data import (IsotonicCurve, PowerLawCurve, arithmetic_interval,
-                                          effective_data, effective_data_seeds, fit_scratch,
-                                          fit_scratch_seeds, transfer_law)
+from igpt.transfer.effective_data import (IsotonicCurve, PowerLawCurve, effective_data, effective_data_seeds,
+                                          fit_scratch, fit_scratch_seeds, transfer_law)
+from igpt.transfer.intervals import arithmetic_interval
 
 K, ALPHA, BETA = 1.9e4, 0.18, 0.38          # Hernandez et al. 2021, text -> code
 SIZES_N = (1e5, 1e6, 1e7)                   # non-embedding parameters

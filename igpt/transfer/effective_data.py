@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence, Union
 
 import numpy as np
-from scipy import interpolate, optimize, stats
+from scipy import interpolate, optimize
 
-from igpt.transfer.intervals import MIN_SEEDS_FOR_T, Estimate, IntervalKind, geometric_interval
+from igpt.transfer.intervals import Estimate, arithmetic_interval, geometric_interval
 
 # exact: the arm's loss lies within scratch's measured losses; D_E is interpolated.
 # extrapolated: it lies outside them, D_E beyond the measured D, read off the end of the curve.
@@ -245,46 +245,12 @@ def effective_data(scratch: ScratchCurve, d_f: float, arm_loss: float) -> Effect
 
 
 @dataclass(frozen=True)
-class MeanEstimate:
-    """Arithmetic mean of n values (any sign) with an interval read as `kind` says, the same
-    rules as intervals.Estimate: "t" (n >= 5), "range" (2..4), "none" (1)."""
-    mean: float
-    lo: float | None
-    hi: float | None
-    kind: IntervalKind
-    n: int
-    confidence: float
-
-    def excludes_zero(self) -> bool:
-        """A t-interval wholly above or below 0 (a range never counts as evidence)."""
-        return self.kind == "t" and (self.lo > 0.0 or self.hi < 0.0)
-
-
-def arithmetic_interval(values: Sequence[float], confidence: float = 0.95) -> MeanEstimate:
-    """Mean of `values` with a Student-t interval (n >= 5), the range (2..4), or nothing (1):
-    geometric_interval's counterpart for quantities that can be negative, like D_T."""
-    v = np.asarray(values, dtype=float)
-    if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
-        raise ValueError(f"arithmetic_interval: values must be a non-empty list of finite numbers, "
-                         f"got {list(values)!r}; pass exact per-seed values only")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"arithmetic_interval: need 0 < confidence < 1, got {confidence}")
-    mean = float(v.mean())
-    if v.size >= MIN_SEEDS_FOR_T:
-        half = float(stats.t.ppf((1.0 + confidence) / 2.0, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size))
-        return MeanEstimate(mean, mean - half, mean + half, "t", int(v.size), confidence)
-    if v.size >= 2:
-        return MeanEstimate(mean, float(v.min()), float(v.max()), "range", int(v.size), confidence)
-    return MeanEstimate(mean, None, None, "none", 1, confidence)
-
-
-@dataclass(frozen=True)
 class PooledEffectiveData:
     """One arm at one d_f over its seeds. Only exact seeds enter `d_t` and `multiplier` (also
     extrapolated ones when asked); the others are counted, never dropped from `per_seed`."""
     d_f: float
     per_seed: dict[int, EffectiveData]
-    d_t: MeanEstimate | None
+    d_t: Estimate | None
     multiplier: Estimate | None
     n_exact: int
     n_extrapolated: int

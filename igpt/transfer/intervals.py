@@ -26,9 +26,9 @@ SpeedupStatus = Literal["exact", "lower_bound", "upper_bound", "none"]
 
 @dataclass(frozen=True)
 class Estimate:
-    """Geometric mean of n positive values and an interval read as `kind` says: "t", a
-    `confidence` Student-t interval on the log (n >= 5); "range", min and max of n in 2..4;
-    "none", one value, lo and hi None."""
+    """A mean of n values (geometric for ratios, arithmetic for quantities of either sign) and
+    an interval read as `kind` says: "t", a `confidence` Student-t interval (on the log for a
+    geometric mean; n >= 5); "range", min and max of n in 2..4; "none", one value, lo and hi None."""
     mean: float
     lo: float | None
     hi: float | None
@@ -36,9 +36,30 @@ class Estimate:
     n: int
     confidence: float
 
+    def excludes(self, value: float) -> bool:
+        """A t-interval that lies wholly above or below `value` (a range never counts as evidence)."""
+        return self.kind == "t" and (self.lo > value or self.hi < value)
+
     def excludes_one(self) -> bool:
-        """A t-interval that lies wholly above or below 1 (a range never counts as evidence)."""
-        return self.kind == "t" and (self.lo > 1.0 or self.hi < 1.0)
+        return self.excludes(1.0)
+
+    def excludes_zero(self) -> bool:
+        return self.excludes(0.0)
+
+
+def _pooled(v: np.ndarray, raw: np.ndarray, confidence: float, to_value, name: str) -> Estimate:
+    """The mean and t-interval of `v` (the values `raw` on the scale where they are averaged),
+    mapped back by `to_value`; the range is read off `raw` itself."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"{name}: need 0 < confidence < 1, got {confidence}")
+    mean = float(to_value(v.mean()))
+    if v.size >= MIN_SEEDS_FOR_T:
+        half = stats.t.ppf((1.0 + confidence) / 2.0, v.size - 1) * v.std(ddof=1) / np.sqrt(v.size)
+        return Estimate(mean, float(to_value(v.mean() - half)), float(to_value(v.mean() + half)), "t", int(v.size),
+                        confidence)
+    if v.size >= 2:
+        return Estimate(mean, float(raw.min()), float(raw.max()), "range", int(v.size), confidence)
+    return Estimate(mean, None, None, "none", 1, confidence)
 
 
 def geometric_interval(values: Sequence[float], confidence: float = 0.95) -> Estimate:
@@ -47,17 +68,17 @@ def geometric_interval(values: Sequence[float], confidence: float = 0.95) -> Est
     if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)) or np.any(v <= 0):
         raise ValueError(f"geometric_interval: values must be a non-empty list of finite positive "
                          f"ratios, got {list(values)!r}; pass exact per-seed ratios only")
-    if not 0.0 < confidence < 1.0:
-        raise ValueError(f"geometric_interval: need 0 < confidence < 1, got {confidence}")
-    logs = np.log(v)
-    mean = float(np.exp(logs.mean()))
-    if v.size >= MIN_SEEDS_FOR_T:
-        half = stats.t.ppf((1.0 + confidence) / 2.0, v.size - 1) * logs.std(ddof=1) / np.sqrt(v.size)
-        return Estimate(mean, float(np.exp(logs.mean() - half)), float(np.exp(logs.mean() + half)),
-                        "t", int(v.size), confidence)
-    if v.size >= 2:
-        return Estimate(mean, float(v.min()), float(v.max()), "range", int(v.size), confidence)
-    return Estimate(mean, None, None, "none", 1, confidence)
+    return _pooled(np.log(v), v, confidence, np.exp, "geometric_interval")
+
+
+def arithmetic_interval(values: Sequence[float], confidence: float = 0.95) -> Estimate:
+    """Mean of `values` with a t-interval, a range, or nothing: geometric_interval's counterpart
+    for quantities that can be negative, like data transferred."""
+    v = np.asarray(values, dtype=float)
+    if v.ndim != 1 or v.size == 0 or not np.all(np.isfinite(v)):
+        raise ValueError(f"arithmetic_interval: values must be a non-empty list of finite numbers, "
+                         f"got {list(values)!r}; pass exact per-seed values only")
+    return _pooled(v, v, confidence, lambda x: x, "arithmetic_interval")
 
 
 @dataclass(frozen=True)
