@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from igpt.paths import as_path, forget_listings
+from igpt.quiet import absl_errors_only
 from igpt.training.rundir import RunDir
 from igpt.treepaths import path_names
 
@@ -132,8 +133,10 @@ def restore_params(run_dir: str | os.PathLike, sharding: jax.sharding.Sharding,
     if not directory.is_dir():  # on object storage: no object below it yet
         raise FileNotFoundError(f"{run_dir} has no {directory.name}/ directory: it is not an igpt run "
                                 "with checkpoints. Pretrain it first, or fix the source path.")
-    manager = ocp.CheckpointManager(directory, item_handlers=_handlers(),
-                                    options=ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0))
+    with absl_errors_only():  # orbax says the directory is read only: so it is, by request
+        manager = ocp.CheckpointManager(directory, item_handlers=_handlers(),
+                                        options=ocp.CheckpointManagerOptions(read_only=True, create=False,
+                                                                             save_interval_steps=0))
     try:
         step = manager.latest_step() if step is None else step
         if step is None:

@@ -11,14 +11,14 @@ import contextlib
 import functools
 import io
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import tensorflow_datasets as tfds
-from absl import logging as absl_logging
 
 from igpt.data.errors import DataError
+from igpt.quiet import absl_errors_only
 from igpt.data.locking import file_lock
 from igpt.data.sources import check_data_dir
 from igpt.data.shipped import digits, music, noise, photos, prose
@@ -41,7 +41,7 @@ def prepared_builder(name: str, data_dir: str | os.PathLike) -> tfds.core.Datase
                         f"choose one of {', '.join('shipped:' + n for n in BUILDERS)}.")
     check_data_dir(f"shipped:{name}", data_dir)  # ArrayRecord shards are written and read on local disk only
     make = functools.partial(BUILDERS[name], data_dir=os.fspath(data_dir), file_format="array_record")
-    with _absl_errors_only():  # TFDS warns that a folder not prepared yet has no dataset_info.json
+    with absl_errors_only():  # TFDS warns that a folder not prepared yet has no dataset_info.json
         builder = make()
         if not builder.is_prepared():
             with file_lock(Path(data_dir) / f".{builder.name}.lock"):
@@ -49,16 +49,6 @@ def prepared_builder(name: str, data_dir: str | os.PathLike) -> tfds.core.Datase
                 if not builder.is_prepared():
                     _prepare_quietly(builder, name)
     return builder
-
-
-@contextlib.contextmanager
-def _absl_errors_only() -> Iterator[None]:
-    before = absl_logging.get_verbosity()
-    absl_logging.set_verbosity(absl_logging.ERROR)
-    try:
-        yield
-    finally:
-        absl_logging.set_verbosity(before)
 
 
 def _prepare_quietly(builder: tfds.core.DatasetBuilder, name: str) -> None:
