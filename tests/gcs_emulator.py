@@ -167,6 +167,12 @@ def gcs_emulator(bucket: str = BUCKET) -> Iterator[str]:
             _forget_filesystems()
 
 
+def subprocess_env() -> dict[str, str]:
+    """The settings a child process (a CLI under test) needs to reach the running emulator: the
+    environment gcs_emulator set, and the anonymous token as fsspec's environment config."""
+    return {**{key: os.environ[key] for key in _ENV_KEYS if key in os.environ}, "FSSPEC_GCS_TOKEN": "anon"}
+
+
 @pytest.fixture(scope="session")
 def gcs_bucket() -> Iterator[str]:
     """The name of an empty bucket on a local GCS emulator, for the whole session."""
