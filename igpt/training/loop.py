@@ -315,7 +315,9 @@ class _Loop:
     def __init__(self, task: Task, run_dir: RunDir, ckpt: Checkpointer, is_main: bool, start: int):
         self.task, self.t, self.ckpt = task, task.cfg.train, ckpt
         self.step = start
-        self.early = EarlyStopping.replay(self.t.patience, read_metrics(run_dir.root) if start else [], start)
+        resumed_with_patience = start and self.t.patience
+        self.early = EarlyStopping.replay(self.t.patience, read_metrics(run_dir.root) if resumed_with_patience else [],
+                                          start)
         self.state: Any = None  # the latest state, also when a step fails
         self.writer = MetricsWriter(run_dir.metrics, enabled=is_main)
         self.progress = Progress(self.t.steps, start, enabled=is_main, tensorboard=run_dir.tensorboard)

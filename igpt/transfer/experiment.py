@@ -112,6 +112,11 @@ def _arms(c) -> list[Arm]:
     return [parse_arm(text, list(c.sources), c.model.num_layers) for text in c.arms]
 
 
+def _heldout(c, arm: Arm) -> tuple[int, ...]:
+    """The held-out seeds the arm runs besides the compared ones: scratch's only."""
+    return tuple(c.heldout_seeds) if arm.mode == SCRATCH else ()
+
+
 def sizes(c, arm: Arm) -> tuple[int, ...]:
     """The train-set sizes (examples) the arm runs at: the whole split (0) unless the
     experiment sweeps data sizes, where scratch also runs the larger `scratch_sizes`."""
@@ -140,7 +145,7 @@ def sweep_runs(c, exp_dir: Path) -> RunSpecs:
     or when none are listed every seed (and scratch's held-out seeds)."""
     runs: RunSpecs = {}
     for arm in _arms(c):
-        seeds = c.lr_seeds or c.seeds + (c.heldout_seeds if arm.mode == SCRATCH else ())
+        seeds = c.lr_seeds or c.seeds + _heldout(c, arm)
         for size in sizes(c, arm):
             for lr in c.lrs:
                 for seed in seeds:
@@ -156,7 +161,7 @@ def remaining_runs(c, exp_dir: Path, rates: dict[tuple[str, int], float]) -> Run
     runs: RunSpecs = {}
     for arm in _arms(c):
         for size in sizes(c, arm):
-            for seed in [s for s in c.seeds if s not in c.lr_seeds] + list(c.heldout_seeds if arm.mode == SCRATCH else ()):
+            for seed in tuple(s for s in c.seeds if s not in c.lr_seeds) + _heldout(c, arm):
                 runs.update(_target_run(c, exp_dir, arm, rates[arm.name, size], seed, size))
     return runs
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.effective_data import (PooledEffectiveData, ScratchFits, TransferLaw,
-                                          effective_data_seeds, fit_scratch_seeds, transfer_law)
+                                          effective_data_seeds, fit_scratch, transfer_law)
 from igpt.transfer.report.analysis import choose_rates
 from igpt.transfer.report.collect import Experiment, Run
 
@@ -56,33 +56,30 @@ class DataSweep:
     notes: list[str] = field(default_factory=list)
 
 
-def _results(exp: Experiment, arm: str, held: set[int]) -> tuple[float, dict[int, tuple[float, float]]] | None:
-    """(chosen rate, {seed: (train tokens, optimum test bits)}) of an arm at exp's size."""
-    choice = choose_rates(exp).get(arm)
-    if choice is None:
-        return None
+def _results(exp: Experiment, arm: str, lr: float, held: set[int]) -> dict[int, tuple[float, float]]:
+    """{seed: (train tokens, optimum test bits)} of an arm at exp's size and rate `lr`."""
     out = {}
-    for seed, run in exp.grid[arm][choice.lr].items():
+    for seed, run in exp.grid[arm][lr].items():
         loss = optimum_test_bits(run)
         if seed not in held and loss is not None and run.info.get("train_tokens"):
             out[seed] = (float(run.info["train_tokens"]), loss)
-    return choice.lr, out
+    return out
 
 
 def _fit(scratch: dict[int, list[tuple[float, float]]]) -> tuple[ScratchFits | None, list[str]]:
     """Scratch's curves, leaving out (with a note) seeds whose loss does not fall with D: such a
     seed is not data-limited at these sizes (or stopped early on noise), and inverts to nothing."""
-    notes, usable = [], {}
+    notes, per_seed = [], {}
     for seed, points in scratch.items():
         try:
-            fit_scratch_seeds({seed: ([d for d, _ in points], [loss for _, loss in points])})
-            usable[seed] = points
+            per_seed[seed] = fit_scratch([d for d, _ in points], [loss for _, loss in points])
         except ValueError as e:
             notes.append(f"{SCRATCH} seed {seed} left out of effective data: {e}")
-    if not usable:
+    if not per_seed:
         notes.append(f"No effective data: no {SCRATCH} seed has a loss that falls with the train-set size.")
         return None, notes
-    return fit_scratch_seeds({s: ([d for d, _ in p], [loss for _, loss in p]) for s, p in usable.items()}), notes
+    pooled = [point for seed in per_seed for point in scratch[seed]]
+    return ScratchFits(per_seed, fit_scratch([d for d, _ in pooled], [loss for _, loss in pooled])), notes
 
 
 def analyse_sweep(exp: Experiment) -> DataSweep | None:
@@ -91,22 +88,23 @@ def analyse_sweep(exp: Experiment) -> DataSweep | None:
         return None
     held = set(exp.held_out_seeds)
     by_size = {n: exp.at_size(n) for n in exp.sizes}
+    rates = {n: {arm: c.lr for arm, c in choose_rates(sub).items()} for n, sub in by_size.items()}
     scratch: dict[int, list[tuple[float, float]]] = {}
-    for sub in by_size.values():
-        got = _results(sub, SCRATCH, held)
-        for seed, point in (got[1] if got else {}).items():
-            scratch.setdefault(seed, []).append(point)
+    for n, sub in by_size.items():
+        if SCRATCH in rates[n]:
+            for seed, point in _results(sub, SCRATCH, rates[n][SCRATCH], held).items():
+                scratch.setdefault(seed, []).append(point)
     scratch = {s: sorted(points) for s, points in scratch.items() if len({d for d, _ in points}) >= 2}
     fits, notes = _fit(scratch)
     if fits is None:
         return DataSweep(0.0, scratch, None, [], transfer_law({1.0: []}), notes)
     cells = []
     for n, sub in by_size.items():
-        for arm in sorted(a for a in sub.grid if a != SCRATCH):
-            got = _results(sub, arm, held)
-            if not got or not got[1]:
+        for arm in sorted(a for a in rates[n] if a != SCRATCH):
+            lr = rates[n][arm]
+            results = _results(sub, arm, lr, held)
+            if not results:
                 continue
-            lr, results = got
             paired = {s: loss for s, (_, loss) in results.items() if s in fits.per_seed}
             if len(paired) < len(results):
                 notes.append(f"{arm} at {n} examples: seeds {sorted(set(results) - set(paired))} have no scratch "
