@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Iterator
+from typing import Callable, Iterator
 
 import grain
 import ml_collections
@@ -82,18 +82,20 @@ def _take(examples: Examples, rows: np.ndarray) -> Examples:
     return examples[rows] if isinstance(examples, np.ndarray) else [examples[i] for i in rows]
 
 
-def split_examples(data_cfg: ml_collections.ConfigDict, split: str) -> Examples:
-    """Raw examples of one of SPLITS (see the module docstring)."""
+def split_examples(data_cfg: ml_collections.ConfigDict, split: str,
+                   load: Callable[[ml_collections.ConfigDict, str], Examples] = load_examples) -> Examples:
+    """Raw examples of one of SPLITS (see the module docstring); `load` reads a named split of
+    the dataset (igpt.data.labels passes its class-label reader, to get the same rows)."""
     if split not in SPLITS:
         raise DataError(f"split {split!r} is not one of {SPLITS}.")
     if split == "test":
-        return load_examples(data_cfg, data_cfg.test_split)
+        return load(data_cfg, data_cfg.test_split)
     if data_cfg.validation_split:
         if split == "validation":
-            return load_examples(data_cfg, data_cfg.validation_split)
-        examples = load_examples(data_cfg, data_cfg.train_split)
+            return load(data_cfg, data_cfg.validation_split)
+        examples = load(data_cfg, data_cfg.train_split)
         return _first(examples, np.arange(len(examples)), data_cfg.train_examples)
-    examples = load_examples(data_cfg, data_cfg.train_split)
+    examples = load(data_cfg, data_cfg.train_split)
     held = validation_rows(len(examples), data_cfg.validation_fraction)
     if split == "validation":
         return _take(examples, held)
