@@ -18,10 +18,9 @@ from igpt import sharding
 from igpt.data import pipeline
 from igpt.model import Transformer, flops_per_token, with_bos
 from igpt.training import loop, optim
-from igpt.training.checkpoint import restore_params
 from igpt.training.metrics import bits
 from igpt.training.rundir import RunDir
-from igpt.transfer import init as transfer_init
+from igpt.transfer import donors, init as transfer_init
 from igpt.transfer.arms import check_mode
 from igpt.transfer.init import needs_source
 
@@ -151,12 +150,14 @@ class GPTTask:
                 f"micro-batches that each divide over {shards} batch shards.")
         self.tokenizer = pipeline.build_tokenizer(cfg.data, cache_dir=str(run.tokenizer))
         self.data = {split: pipeline.build_dataset(cfg.data, split, self.tokenizer) for split in pipeline.SPLITS}
-        self.use_vocab(self.tokenizer.vocab_size, mesh)
+        self.use_vocab(self.tokenizer.vocab_size, mesh, transfer_init.token_offset(cfg.init))
 
-    def use_vocab(self, vocab_size: int, mesh: jax.sharding.Mesh) -> None:
-        """What the model needs to know of the data; benchmarks call it alone to time steps on random tokens."""
-        self.vocab = vocab_size
-        self.flops_per_unit = flops_per_token(self.cfg.model, vocab_size, self.cfg.data.seq_len)
+    def use_vocab(self, vocab_size: int, mesh: jax.sharding.Mesh, token_offset: int = 0) -> None:
+        """What the model needs to know of the data; benchmarks call it alone to time steps on random tokens.
+        The model's vocabulary is `token_offset` tokens (a donor's, under grow_vocab), then the data's."""
+        self.token_offset = token_offset
+        self.vocab = token_offset + vocab_size
+        self.flops_per_unit = flops_per_token(self.cfg.model, self.vocab, self.cfg.data.seq_len)
         self.mesh = mesh
 
     def new_state(self, mesh: jax.sharding.Mesh) -> dict[str, Any]:
@@ -174,8 +175,8 @@ class GPTTask:
 
     def initialize(self, state: dict[str, Any], mesh: jax.sharding.Mesh) -> dict[str, Any]:
         init = self.cfg.init
-        source = restore_params(init.source, sharding.replicated(mesh))[0] if needs_source(init.mode) else None
-        state["params"] = transfer_init.initialize(init, state["params"], source, self.cfg.seed)
+        donor = donors.load(init.source, sharding.replicated(mesh)) if needs_source(init.mode) else None
+        state["params"] = transfer_init.initialize(init, state["params"], donor, self.cfg.seed, self.vocab)
         return state
 
     def meta(self) -> dict[str, Any]:
@@ -187,7 +188,7 @@ class GPTTask:
                                      process_count=jax.process_count())
         if self.cfg.train.shuffle_tokens:
             rows = shuffle_within_rows(rows, self.cfg.data.seed, step * jax.process_count() + jax.process_index())
-        return rows
+        return rows + self.token_offset
 
     def make_train_step(self, tx: optax.GradientTransformation) -> Callable:
         graphdef, bos = self.graphdef, self.vocab
@@ -208,7 +209,7 @@ class GPTTask:
             rows = data.batch(i, t.global_batch, process_index=jax.process_index(), process_count=jax.process_count(),
                               shuffle=False)
             losses.append(np.asarray(jax.device_get(self._row_losses(state, sharding.put_batch(
-                rows, self.mesh, tuple(self.cfg.axis_rules))))))
+                rows + self.token_offset, self.mesh, tuple(self.cfg.axis_rules))))))
         return float(np.mean(np.concatenate(losses)[:n]))
 
     def describe(self, metrics: dict[str, float], step: int) -> dict[str, float]:

@@ -4,7 +4,8 @@ Parameters and activations carry logical axis names only; igpt/sharding.py maps 
 the mesh. Parameters live in `param_dtype` (fp32 master weights); matmuls run in `dtype`
 (bf16 on accelerators). Token id `vocab_size` is BOS: the embedding has vocab_size + 1 rows,
 the head predicts vocab_size classes. The embedding table is padded to a multiple of 128 rows
-so its vocabulary axis shards evenly; the padding rows are never looked up.
+so its vocabulary axis shards evenly; the padding rows are never looked up. With
+`tie_embeddings` the head is the embedding's first vocab_size rows, transposed (GPT-2).
 
 `Transformer.__call__` is the training forward pass; `Transformer.decode` is the sampling one,
 feeding a chunk of tokens against a fixed-size KV cache (igpt/sample.py drives it).
@@ -56,6 +57,9 @@ def model_config(size: str = "tiny", **overrides) -> ml_collections.ConfigDict:
         attention_block=128,   # query/key block of the blockwise kernel
         remat="none",          # "none" | "full" | "dots" (save matmul outputs)
         scan_layers=False,     # one compiled block scanned over layers (compile time); same params
+        bias=False,            # biases on every projection (GPT-2 donors)
+        tie_embeddings=False,  # the head is the token embedding transposed (GPT-2 donors)
+        norm_eps=1e-6,         # LayerNorm epsilon (GPT-2: 1e-5)
     ))
     c.update(overrides)
     return c
@@ -63,6 +67,18 @@ def model_config(size: str = "tiny", **overrides) -> ml_collections.ConfigDict:
 
 def _init(std: float, axes: tuple[str, ...]):
     return nnx.with_partitioning(nnx.initializers.normal(std), axes)
+
+
+def _bias(cfg: ml_collections.ConfigDict, shape: tuple[int, ...], axes: tuple[str, ...]) -> nnx.Param | None:
+    """A zero-initialised bias when `cfg.bias`, else None (no parameter at all)."""
+    if not cfg.bias:
+        return None
+    init = nnx.with_partitioning(nnx.initializers.zeros, axes)
+    return nnx.Param(init(jax.random.key(0), shape, jnp.dtype(cfg.param_dtype)))
+
+
+def _add(x: jax.Array, bias: nnx.Param | None) -> jax.Array:
+    return x if bias is None else x + bias[...].astype(x.dtype)
 
 
 def rotary(x: jax.Array, positions: jax.Array) -> jax.Array:
@@ -87,6 +103,8 @@ class Attention(nnx.Module):
         self.wk = nnx.Param(_init(0.02, ("embed", "heads", "kv"))(rngs.params(), (d, h, hd), pd))
         self.wv = nnx.Param(_init(0.02, ("embed", "heads", "kv"))(rngs.params(), (d, h, hd), pd))
         self.wo = nnx.Param(_init(out_std, ("heads", "kv", "embed"))(rngs.params(), (h, hd, d), pd))
+        self.bq, self.bk, self.bv = (_bias(cfg, (h, hd), ("heads", "kv")) for _ in range(3))
+        self.bo = _bias(cfg, (d,), ("embed",))
         self.rotary = cfg.positions == "rotary"
         self.dtype = jnp.dtype(cfg.dtype)
         if cfg.attention not in IMPLEMENTATIONS:
@@ -95,13 +113,14 @@ class Attention(nnx.Module):
 
     def qkv(self, x: jax.Array, positions: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
         dt = self.dtype
-        q, k, v = (jnp.einsum("btd,dhk->bthk", x, w[...].astype(dt)) for w in (self.wq, self.wk, self.wv))
+        q, k, v = (_add(jnp.einsum("btd,dhk->bthk", x, w[...].astype(dt)), b)
+                   for w, b in ((self.wq, self.bq), (self.wk, self.bk), (self.wv, self.bv)))
         if self.rotary:
             q, k = rotary(q, positions), rotary(k, positions)
         return (constrain(t, ("batch", None, "heads", None)) for t in (q, k, v))
 
     def project_out(self, o: jax.Array) -> jax.Array:
-        return jnp.einsum("bthk,hkd->btd", o, self.wo[...].astype(self.dtype))
+        return _add(jnp.einsum("bthk,hkd->btd", o, self.wo[...].astype(self.dtype)), self.bo)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         positions = jnp.arange(x.shape[1])
@@ -131,39 +150,46 @@ class Mlp(nnx.Module):
         self.w_in = nnx.Param(_init(0.02, ("embed", "mlp"))(rngs.params(), (d, f), pd))
         self.w_gate = nnx.Param(_init(0.02, ("embed", "mlp"))(rngs.params(), (d, f), pd)) if self.gated else None
         self.w_out = nnx.Param(_init(out_std, ("mlp", "embed"))(rngs.params(), (f, d), pd))
+        self.b_in = _bias(cfg, (f,), ("mlp",))
+        self.b_gate = _bias(cfg, (f,), ("mlp",)) if self.gated else None
+        self.b_out = _bias(cfg, (d,), ("embed",))
         self.dtype = jnp.dtype(cfg.dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = self.dtype
         if not self.gated:
-            return gelu_mlp(x, self.w_in[...].astype(dt), self.w_out[...].astype(dt))
-        h = jax.nn.silu(x @ self.w_gate[...].astype(dt)) * (x @ self.w_in[...].astype(dt))
+            b_in = None if self.b_in is None else self.b_in[...].astype(dt)
+            return _add(gelu_mlp(x, self.w_in[...].astype(dt), b_in, self.w_out[...].astype(dt)), self.b_out)
+        gate = jax.nn.silu(_add(x @ self.w_gate[...].astype(dt), self.b_gate))
+        h = gate * _add(x @ self.w_in[...].astype(dt), self.b_in)
         h = constrain(h, ("batch", None, "mlp"))
-        return h @ self.w_out[...].astype(dt)
+        return _add(h @ self.w_out[...].astype(dt), self.b_out)
 
 
 @jax.custom_vjp
-def gelu_mlp(x: jax.Array, w_in: jax.Array, w_out: jax.Array) -> jax.Array:
-    """gelu(x @ w_in) @ w_out with a hand-written backward. Under autodiff XLA:CPU computes
+def gelu_mlp(x: jax.Array, w_in: jax.Array, b_in: jax.Array | None, w_out: jax.Array) -> jax.Array:
+    """gelu(x @ w_in + b_in) @ w_out (b_in may be None: no bias), GELU in its tanh form as in
+    GPT-2, with a hand-written backward. Under autodiff XLA:CPU computes
     the weight gradients by transposing the wide [tokens, 4d] operands (dh, gelu(h)) in
     copies fused with the GELU math that read with a 4 KB stride: ~20% of a CPU train step.
     Written as x^T dh and (dy^T a)^T, only the narrow [tokens, d] operands get transposed.
     Same values; the MLP's forward and backward take about half the time on CPU."""
-    return _gelu_mlp_forward(x, w_in, w_out)[0]
+    return _gelu_mlp_forward(x, w_in, b_in, w_out)[0]
 
 
-def _gelu_mlp_forward(x, w_in, w_out):
-    h = constrain(x @ w_in, ("batch", None, "mlp"))
-    return jax.nn.gelu(h) @ w_out, (x, h, w_in, w_out)
+def _gelu_mlp_forward(x, w_in, b_in, w_out):
+    h = constrain(_add(x @ w_in, b_in), ("batch", None, "mlp"))
+    return jax.nn.gelu(h) @ w_out, (x, h, w_in, b_in, w_out)
 
 
 def _gelu_mlp_backward(residuals, dy):
-    x, h, w_in, w_out = residuals
+    x, h, w_in, b_in, w_out = residuals
     a, gelu_vjp = jax.vjp(jax.nn.gelu, h)
     dh = constrain(gelu_vjp(dy @ w_out.T)[0], ("batch", None, "mlp"))
     dw_in = jnp.einsum("btd,btf->df", x, dh)
     dw_out = jnp.einsum("btd,btf->df", dy, a).T
-    return dh @ w_in.T, dw_in, dw_out
+    db_in = None if b_in is None else jnp.sum(dh, axis=(0, 1))
+    return dh @ w_in.T, dw_in, db_in, dw_out
 
 
 gelu_mlp.defvjp(_gelu_mlp_forward, _gelu_mlp_backward)
@@ -171,7 +197,7 @@ gelu_mlp.defvjp(_gelu_mlp_forward, _gelu_mlp_backward)
 
 def _norm(cfg: ml_collections.ConfigDict, rngs: nnx.Rngs) -> nnx.LayerNorm:
     return nnx.LayerNorm(
-        cfg.width, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
+        cfg.width, epsilon=cfg.norm_eps, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype), rngs=rngs,
         scale_init=nnx.with_partitioning(nnx.initializers.ones, ("embed",)),
         bias_init=nnx.with_partitioning(nnx.initializers.zeros, ("embed",)))
 
@@ -217,7 +243,8 @@ class Transformer(nnx.Module):
             raise ValueError(f"unknown positions {cfg.positions!r}; use 'learned' or 'rotary'.")
         self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
         self.final_norm = _norm(cfg, rngs)
-        self.head = nnx.Param(_init(0.02, ("embed", "vocab"))(rngs.params(), (d, vocab_size), pd))
+        self.head = (None if cfg.tie_embeddings else
+                     nnx.Param(_init(0.02, ("embed", "vocab"))(rngs.params(), (d, vocab_size), pd)))
         self.dtype = jnp.dtype(cfg.dtype)
         if cfg.remat not in ("none", *REMAT_POLICIES):
             raise ValueError(f"unknown remat {cfg.remat!r}; use 'none', 'full' or 'dots'.")
@@ -272,7 +299,10 @@ class Transformer(nnx.Module):
 
     def logits(self, x: jax.Array) -> jax.Array:
         x = self.final_norm(x)
-        logits = jnp.einsum("btd,dv->btv", x, self.head[...].astype(self.dtype))
+        if self.head is None:
+            logits = jnp.einsum("btd,vd->btv", x, self.embed[: self.vocab_size].astype(self.dtype))
+        else:
+            logits = jnp.einsum("btd,dv->btv", x, self.head[...].astype(self.dtype))
         return constrain(logits, ("batch", None, "vocab")).astype(jnp.float32)
 
 

@@ -1,7 +1,7 @@
 """The arms of a transfer experiment, parsed once from the config's strings.
 
 An arm is "scratch" (the baseline: fresh weights), a control that needs no source ("mimetic",
-"frozen_random"), or "<source>/<mode>" with mode full, frozen_body, layers=i,j, or one of the
+"frozen_random"), or "<source>/<mode>" with mode full, frozen_body, layers=i,j, grow_vocab, or one of the
 source controls stats_init and shuffled_source (igpt.transfer.init says what each carries and
 trains). No jax, so the report can name the baseline and the controls without it.
 """
@@ -12,7 +12,7 @@ from typing import Sequence
 
 SCRATCH = "scratch"
 SOURCELESS_MODES = (SCRATCH, "mimetic", "frozen_random")  # arms named by the mode alone
-SOURCE_MODES = ("full", "frozen_body", "layers", "stats_init", "shuffled_source")  # "<source>/<mode>"
+SOURCE_MODES = ("full", "frozen_body", "layers", "grow_vocab", "stats_init", "shuffled_source")  # "<source>/<mode>"
 MODES = SOURCELESS_MODES + SOURCE_MODES
 CONTROLS = ("stats_init", "shuffled_source", "mimetic", "frozen_random")  # what a transfer claim must beat
 SHUFFLED = "shuffled"  # the shuffled-source control pretrains its own source run, "<source>__shuffled"
@@ -67,6 +67,7 @@ def parse_arm(text: str, sources: Sequence[str], num_layers: int) -> Arm:
     if source not in sources or mode not in SOURCE_MODES:
         raise TransferError(
             f"arm {text!r}: write one of {SOURCELESS_MODES} or '<source>/<mode>' with a source in "
-            f"{list(sources)} and a mode in full, frozen_body, layers=i,j, stats_init, shuffled_source.")
+            f"{list(sources)} and a mode in full, frozen_body, layers=i,j, grow_vocab, stats_init, "
+            "shuffled_source.")
     check_mode(mode, layers, num_layers)
     return Arm(text, source, mode, layers)

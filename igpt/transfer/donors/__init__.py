@@ -1,0 +1,69 @@
+"""Donors: the pretrained models a run starts from, and how their tensors grow into it.
+
+`init.source` names a donor: an igpt run directory (its latest checkpoint; `igpt-import`
+writes such a directory from a Hugging Face checkpoint), or `hf:DIR`, a Hugging Face GPT-2
+checkpoint read directly (hf_gpt2.py). growth.py grows a donor's vocabulary, width and depth.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+from igpt.paths import as_path
+from igpt.quiet import absl_errors_only
+from igpt.training.checkpoint import restore_params
+from igpt.training.rundir import RunDir
+from igpt.transfer.donors import hf_gpt2
+
+HF_PREFIX = "hf:"
+
+
+@dataclass(frozen=True)
+class Donor:
+    """A donor's params (a tree keyed like an igpt Transformer's nnx.State) and its vocabulary
+    size (its BOS is token id `vocab`)."""
+    params: Any
+    vocab: int
+
+
+def hf_directory(source: str) -> str | None:
+    """DIR of an "hf:DIR" source, else None."""
+    return source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else None
+
+
+def load(source: str, sharding: jax.sharding.Sharding) -> Donor:
+    """The donor named by `source`, its params placed with `sharding`."""
+    directory = hf_directory(source)
+    if directory is None:
+        params, meta = restore_params(source, sharding)
+        return Donor(params, int(meta["vocab"]))
+    params, hf = hf_gpt2.load(directory)
+    return Donor(jax.tree.map(lambda a: jax.device_put(a, sharding), params), hf_gpt2.vocab_size(hf))
+
+
+def vocab_size(source: str) -> int:
+    """The donor's vocabulary size, read from its config or checkpoint metadata (no weights)."""
+    directory = hf_directory(source)
+    if directory is not None:
+        return hf_gpt2.vocab_size(hf_gpt2.read_config(directory))
+    return int(_checkpoint_meta(source)["vocab"])
+
+
+def _checkpoint_meta(run_dir: str) -> dict[str, Any]:
+    directory = RunDir.at(run_dir).checkpoints
+    if not as_path(directory).is_dir():
+        raise FileNotFoundError(f"{run_dir} has no {directory.name}/ directory: it is not an igpt run "
+                                "with checkpoints. Pretrain it first, or fix init.source.")
+    with absl_errors_only():
+        manager = ocp.CheckpointManager(directory, item_handlers={"meta": ocp.JsonCheckpointHandler()},
+                                        options=ocp.CheckpointManagerOptions(read_only=True, create=False))
+    try:
+        step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{directory} holds no committed checkpoint; finish the donor run first.")
+        return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+    finally:
+        manager.close()

@@ -1,0 +1,42 @@
+"""A small reader of the safetensors format into numpy, so importing a donor needs neither
+torch nor the safetensors package: 8 bytes (little-endian header length), a JSON header
+{name: {dtype, shape, data_offsets}}, then the raw little-endian tensor bytes."""
+from __future__ import annotations
+
+import json
+import os
+
+import ml_dtypes
+import numpy as np
+
+DTYPES = {
+    "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype("<i8"), "I32": np.dtype("<i4"), "I16": np.dtype("<i2"), "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
+}
+
+
+class SafetensorsError(ValueError):
+    """A file that is not safetensors, or holds a dtype this reader does not know."""
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every tensor of the file, as read-only arrays over a memory map (no copy until used)."""
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(size))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise SafetensorsError(f"{path} is not a safetensors file (its header is not JSON: {e}).") from e
+    data = np.memmap(path, np.uint8, "r", offset=8 + size)
+    tensors = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        if info["dtype"] not in DTYPES:
+            raise SafetensorsError(f"{path}: tensor {name} has dtype {info['dtype']}; this reader knows "
+                                   f"{', '.join(DTYPES)}.")
+        start, end = info["data_offsets"]
+        tensors[name] = data[start:end].view(DTYPES[info["dtype"]]).reshape(info["shape"])
+    return tensors
