@@ -193,6 +193,9 @@ def test_sharded_checkpoint_and_half_precision_read_like_one_file(gpt2_dir, tmp_
     save_file(half, str(tmp_path / "half.safetensors"))
     back = read_safetensors(tmp_path / "half.safetensors")
     assert all(back[k].dtype == half[k].dtype and np.array_equal(back[k], half[k]) for k in half)
+    (tmp_path / "garbage.safetensors").write_bytes(b"not a safetensors file at all")
+    with pytest.raises(TransferError, match="is not a safetensors file"):
+        read_safetensors(tmp_path / "garbage.safetensors")
 
 
 @pytest.mark.parametrize("change, message", [
@@ -329,3 +332,76 @@ def test_growth_refuses_to_shrink_or_to_grow_width_unevenly():
         growth.grow(donor, _shapes(12, 2, 6, 32, 1, like=donor), 0.1, 0)
     with pytest.raises(TransferError, match="only grows: the donor has 2 blocks, the model 1"):
         growth.grow(_igpt_params(d=8, heads=2, layers=2), _shapes(8, 2, 4, 32, 1, like=donor), 0.1, 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slow: against transformers' PyTorch GPT-2, and through real models and a training run
+
+
+@pytest.fixture(scope="module")
+def transformers_gpt2(tmp_path_factory):
+    """A GPT-2-shaped model that transformers creates with random weights (norms and biases
+    perturbed off 1 and 0) and saves as safetensors; its logits on BOS-led tokens."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+    torch.manual_seed(0)
+    config = GPT2Config(**{k: v for k, v in GPT2.items() if k not in ("model_type", "architectures")})
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    directory = tmp_path_factory.mktemp("transformers_gpt2")
+    model.save_pretrained(directory)
+    tokens = _tokens(GPT2["vocab_size"], bos=GPT2["bos_token_id"])
+    with torch.no_grad():
+        logits = model(torch.tensor(tokens)).logits.numpy()
+    return str(directory), tokens, logits
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("devices", [1, 8])
+def test_import_matches_transformers_pytorch_forward(transformers_gpt2, devices):
+    directory, tokens, want = transformers_gpt2
+    vocab = GPT2["vocab_size"]
+    init = transfer_init.init_config("full", f"hf:{directory}")
+    got = igpt_logits(hf_gpt2.model_config(directory), vocab, GPT2["n_positions"], init, init.source,
+                      np.where(tokens == GPT2["bos_token_id"], vocab, tokens), devices)
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["full", "grow_vocab"])
+def test_growth_through_init_keeps_a_real_models_logits(gpt2_dir, mode):
+    """init.grow=True in a transfer mode: the wider, deeper jax model computes the donor's logits."""
+    vocab = GPT2["vocab_size"]
+    grown_vocab = vocab + (16 if mode == "grow_vocab" else 0)
+    tokens = _tokens(vocab, bos=vocab)
+    source = f"hf:{gpt2_dir}"
+    want = igpt_logits(hf_gpt2.model_config(gpt2_dir), vocab, 64, transfer_init.init_config("full", source),
+                       source, tokens)
+    big = hf_gpt2.model_config(gpt2_dir, width=192, num_heads=6, mlp_ratio=3, num_layers=3)
+    init = transfer_init.init_config(mode, source, grow=True)
+    got = igpt_logits(big, grown_vocab, 64, init, source, np.where(tokens == vocab, grown_vocab, tokens))
+    np.testing.assert_allclose(got[..., :vocab], want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_grow_vocab_trains_image_tokens_after_a_gpt2_donors_tokens(gpt2_dir, data_dir, tmp_path):
+    """igpt-train's task under grow_vocab from hf:DIR: the model reads the donor's 300 tokens,
+    then the data's 16 gray levels as ids 300..315, BOS 316; it trains and checkpoints."""
+    from igpt.gpt import GPTTask, train
+    from igpt.training import checkpoint
+    from igpt.training.rundir import RunDir
+    from trainer_fixtures import tiny_config, train_losses
+    cfg = tiny_config(data_dir, steps=4)
+    cfg.model = hf_gpt2.model_config(gpt2_dir)
+    cfg.init = transfer_init.init_config("grow_vocab", f"hf:{gpt2_dir}")
+    task = GPTTask(cfg)
+    task.setup(RunDir.at(tmp_path / "probe").prepare(), make_mesh(8))
+    rows = task.rows(0)
+    assert task.vocab == 316 and rows.min() >= 300 and rows.max() < 316
+    train(cfg, tmp_path / "run")
+    params, meta = checkpoint.restore_params(tmp_path / "run", jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    assert meta["vocab"] == 316 and "head" not in params  # tied, as the donor
+    losses = train_losses(tmp_path / "run")
+    assert len(losses) == 4 and all(np.isfinite(list(losses.values())))

@@ -77,7 +77,7 @@ def model_overrides(hf: dict[str, Any]) -> dict[str, Any]:
 def model_config(directory: str | os.PathLike, **overrides) -> ml_collections.ConfigDict:
     """igpt's model config for the checkpoint in `directory`, for a config file:
     `c.model = hf_gpt2.model_config("gpt2")`; other fields (dtype, attention) may be overridden."""
-    return igpt_model_config("tiny", **model_overrides(read_config(directory)), **overrides)
+    return igpt_model_config("tiny", **{**model_overrides(read_config(directory)), **overrides})
 
 
 def vocab_size(hf: dict[str, Any]) -> int:

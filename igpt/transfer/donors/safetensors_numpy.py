@@ -9,6 +9,8 @@ import os
 import ml_dtypes
 import numpy as np
 
+from igpt.transfer.arms import TransferError
+
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16),
@@ -17,7 +19,7 @@ DTYPES = {
 }
 
 
-class SafetensorsError(ValueError):
+class SafetensorsError(TransferError):
     """A file that is not safetensors, or holds a dtype this reader does not know."""
 
 
@@ -26,9 +28,11 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         size = int.from_bytes(f.read(8), "little")
         try:
+            if size > os.fstat(f.fileno()).st_size - 8:
+                raise ValueError(f"a header of {size} bytes is longer than the file")
             header = json.loads(f.read(size))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise SafetensorsError(f"{path} is not a safetensors file (its header is not JSON: {e}).") from e
+        except (UnicodeDecodeError, ValueError) as e:  # json.JSONDecodeError is a ValueError
+            raise SafetensorsError(f"{path} is not a safetensors file ({e}).") from e
     data = np.memmap(path, np.uint8, "r", offset=8 + size)
     tensors = {}
     for name, info in header.items():
