@@ -41,6 +41,26 @@ def forget_listings(path: str | os.PathLike) -> None:
         backend.fsspec_backend.fs(os.fspath(path)).invalidate_cache()
 
 
+def dirs_holding(root: str | os.PathLike, name: str) -> list[epath.Path]:
+    """Directories under `root` (itself included) that hold a file called `name`, hidden folders
+    skipped. On object storage one recursive listing (gcsfs find), since epath refuses `**` there."""
+    root = as_path(root)
+    if is_object_storage(root):
+        from etils.epath import backend
+
+        url = os.fspath(root).rstrip("/")
+        scheme = url.split("://", 1)[0] + "://"
+        found = backend.fsspec_backend.fs(url).find(url)
+        files = [epath.Path(scheme + f.split("://", 1)[-1]) for f in found]
+    else:
+        files = []
+        for top, dirs, names in os.walk(root):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            files += [epath.Path(top) / name] if name in names else []
+    return sorted({f.parent for f in files if f.name == name
+                   and not any(part.startswith(".") for part in f.relative_to(root).parts[:-1])})
+
+
 def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Readers never see half a file. Locally: written beside it, then renamed over it. On object
     storage: one object write."""

@@ -7,23 +7,11 @@ import subprocess
 import time
 
 from gcs_emulator import subprocess_env
-from trainer_fixtures import REPO, cli_command, cli_env, run_cli, train_losses
+from trainer_fixtures import REPO, cli_command, cli_env, committed_steps, run_cli, train_losses
 
-from igpt.paths import forget_listings
 from igpt.training.rundir import RunDir
 
 STEPS = ("--config.train.steps=20",)
-
-
-def _committed(workdir: str) -> list[int]:
-    """Steps orbax committed in the bucket (on object storage it marks a finished step with a
-    commit_success.txt instead of renaming a temporary directory)."""
-    checkpoints = RunDir.at(workdir).checkpoints
-    forget_listings(checkpoints)
-    if not checkpoints.exists():
-        return []
-    return sorted(int(p.name) for p in checkpoints.iterdir()
-                  if p.name.isdigit() and (p / "commit_success.txt").exists())
 
 
 def test_sigkill_in_a_bucket_resumes_bitwise_from_the_bucket(tmp_path, data_dir, gcs_root):
@@ -34,11 +22,11 @@ def test_sigkill_in_a_bucket_resumes_bitwise_from_the_bucket(tmp_path, data_dir,
     proc = subprocess.Popen(cli_command(workdir, data_dir, *STEPS), env=env, cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while not _committed(workdir) and proc.poll() is None and time.time() < deadline:
+    while not committed_steps(workdir) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed_at = max(_committed(workdir), default=0)
+    killed_at = max(committed_steps(workdir), default=0)
     assert 5 <= killed_at < 20, f"killed after checkpoint {killed_at}"
     again = subprocess.run(cli_command(workdir, data_dir, *STEPS), env=env, cwd=REPO, capture_output=True,
                            text=True, timeout=300)

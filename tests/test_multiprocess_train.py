@@ -1,10 +1,12 @@
-"""Two processes (4 CPU devices each, gloo) train and checkpoint; one process with 8 devices
-restores that checkpoint onto other meshes and gets the same parameters and eval loss."""
+"""Two processes (4 CPU devices each, gloo) train and checkpoint into a bucket (the local GCS
+emulator, as on a pod slice); one process with 8 devices restores that checkpoint from the bucket
+onto other meshes and gets the same parameters and eval loss."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import uuid
 
 import jax
 import numpy as np
@@ -16,15 +18,16 @@ from igpt.training.checkpoint import Checkpointer
 from igpt.training.loop import abstract, build, on_mesh
 from igpt.training.metrics import read_metrics
 from igpt.training.rundir import RunDir
+from gcs_emulator import subprocess_env
 from trainer_fixtures import REPO, committed_steps, tiny_config
 
 STEPS = 10
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory, data_dir):
-    workdir = tmp_path_factory.mktemp("two_process")
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+def two_process_run(gcs_bucket, data_dir):
+    workdir = f"gs://{gcs_bucket}/two_process-{uuid.uuid4().hex[:8]}"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"} | subprocess_env()
     env["PYTHONUNBUFFERED"] = "1"
     out = subprocess.run(
         [sys.executable, "scripts/launch_local.py", "--num-processes", "2", "--devices-per-process", "4", "--",

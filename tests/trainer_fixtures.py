@@ -54,8 +54,15 @@ def run_cli(workdir, data_dir: str, *overrides: str, timeout: int = 300) -> subp
 
 
 def committed_steps(workdir) -> list[int]:
-    d = Path(workdir) / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.is_dir() else []
+    """Steps orbax committed, on disk or in a bucket (there it marks a finished step with a
+    commit_success.txt instead of renaming a temporary directory)."""
+    from igpt.paths import forget_listings, is_object_storage
+    from igpt.training.rundir import RunDir
+
+    d = RunDir.at(workdir).checkpoints
+    forget_listings(d)
+    done = lambda p: not is_object_storage(p) or (p / "commit_success.txt").exists()
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and done(p)) if d.is_dir() else []
 
 
 def dump_json(path, obj) -> None:

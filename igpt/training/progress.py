@@ -9,6 +9,8 @@ from typing import Any
 import jax
 
 from igpt.hardware import peak_flops_per_device
+from igpt.paths import is_object_storage
+from igpt.training.event_files import write_events_through_path_layer
 
 BOOKKEEPING = frozenset({"step", "split", "wall_time", "step_time", "tokens_seen"})  # not printed
 
@@ -29,6 +31,8 @@ class Progress:
         if not enabled:
             return
         from tensorboardX import SummaryWriter
+        if is_object_storage(tensorboard):
+            write_events_through_path_layer()
         self.tb = SummaryWriter(str(tensorboard))
         peak = peak_flops_per_device()
         self.peak = peak * jax.device_count() if peak else None

@@ -19,15 +19,17 @@ with several learning rates each arm is reported at its own best rate on validat
 """
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
 import jax
 import ml_collections
+from etils.epath import Path
 
 from igpt import distributed, sharding
 from igpt.data import pipeline
 from igpt.gpt import base_config, optim_config, train, train_config
+from igpt.paths import as_path, is_object_storage, made_dir
 from igpt.training.rundir import RunDir, write_json_atomic
 from igpt.transfer import init as transfer_init
 from igpt.transfer import workers
@@ -37,6 +39,16 @@ from igpt.transfer.report.collect import discover, read_experiment
 
 TARGET_TOKENIZER = "target_tokenizer"
 COMPILATION_CACHE = ".jax_cache"  # compiled programs every run of the experiment shares
+
+
+def compilation_cache(exp_dir: Path) -> str:
+    """Where the experiment's runs share compiled programs: beside them on a local disk; in the
+    user's cache directory when the experiment lives in a bucket (a cache is read at every
+    compile and belongs near the host)."""
+    if not is_object_storage(exp_dir):
+        return str(exp_dir / COMPILATION_CACHE)
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(home, "igpt", "jax_compilation")
 
 
 def experiment_config() -> ml_collections.ConfigDict:
@@ -192,7 +204,7 @@ def _train_all(runs: RunSpecs, exp_dir: Path, c, log) -> None:
         else:
             todo.append((cfg, exp_dir / rel, dict(info, experiment=c.name)))
     if c.workers > 1 and len(todo) > 1:
-        workers.train_in_parallel(todo, c.workers, exp_dir / COMPILATION_CACHE, log)
+        workers.train_in_parallel(todo, c.workers, compilation_cache(exp_dir), log)
         return
     with pipeline.examples_cache():  # the runs read the same data
         for cfg, run_dir, info in todo:
@@ -202,14 +214,13 @@ def _train_all(runs: RunSpecs, exp_dir: Path, c, log) -> None:
 def chosen_rates(exp_dir: Path) -> dict[tuple[str, int], float]:
     """Each arm's learning rate at each train-set size as the report chooses it, from the runs on disk."""
     owned, _ = discover([exp_dir])
-    exp = read_experiment(exp_dir, owned.get(exp_dir.resolve(), []))
+    exp = read_experiment(exp_dir, owned.get(as_path(exp_dir), []))
     return {(arm, size): choice.lr for size in exp.sizes for arm, choice in choose_rates(exp.at_size(size)).items()}
 
 
 def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print) -> Path:
     """Runs (or resumes) everything and returns the experiment directory."""
-    exp_dir = Path(exp_dir).expanduser().absolute()
-    exp_dir.mkdir(parents=True, exist_ok=True)
+    exp_dir = made_dir(exp_dir)
     distributed.maybe_initialize(c.distributed)
     check_seeds(c)
     sweep = sweep_runs(c, exp_dir)  # validates every arm before any training
@@ -217,7 +228,7 @@ def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print)
         workers.check(c.workers)
     _write_experiment(exp_dir, c, complete=False)
     pipeline.build_tokenizer(c.target.data, cache_dir=exp_dir / TARGET_TOKENIZER)
-    jax.config.update("jax_compilation_cache_dir", str(exp_dir / COMPILATION_CACHE))
+    jax.config.update("jax_compilation_cache_dir", compilation_cache(exp_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     log(f"sources: {', '.join(source_runs(c))}")
     _train_all({f"sources/{name}": (cfg, {"role": "source", "arm": None, "seed": 0, "lr": cfg.optim.lr, "mode": None,

@@ -15,11 +15,11 @@ import multiprocessing
 import os
 import signal
 import sys
-from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import jax
 import ml_collections
+from etils.epath import Path
 
 from igpt.transfer.arms import TransferError
 
@@ -69,13 +69,13 @@ def _forwarding(signals: tuple[int, ...], to: Callable[[int], None]) -> Iterator
             signal.signal(s, handler)
 
 
-def train_in_parallel(jobs: Sequence[Job], workers: int, cache_dir: Path, log: Callable[[str], None]) -> None:
+def train_in_parallel(jobs: Sequence[Job], workers: int, cache_dir: str, log: Callable[[str], None]) -> None:
     """Trains `jobs` over min(workers, len(jobs)) processes; returns when all are done."""
     shares = [list(jobs[i::workers]) for i in range(min(workers, len(jobs)))]
     log(f"{len(jobs)} runs over {len(shares)} worker processes")
     ctx = multiprocessing.get_context("spawn")  # a fresh interpreter: no jax state is forked
     errors = ctx.SimpleQueue()
-    procs = [ctx.Process(target=_work, args=(share, str(cache_dir), errors)) for share in shares]
+    procs = [ctx.Process(target=_work, args=(share, cache_dir, errors)) for share in shares]
     for p in procs:
         p.start()
 

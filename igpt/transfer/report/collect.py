@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
+from etils.epath import Path
+
+from igpt.paths import as_path, dirs_holding
 from igpt.training.metrics import bits, read_metrics
 from igpt.training.rundir import METRICS_FILE, RUN_INFO_FILE, RunDir
 from igpt.transfer.arms import SCRATCH
@@ -111,22 +112,16 @@ def read_runs(paths: Sequence[Path]) -> tuple[list[Run], list[str]]:
     return runs, left_out
 
 
-def _walk(root: Path, name: str) -> list[Path]:
-    """Directories under root (root included) holding `name`, skipping hidden folders."""
-    return [p.parent for p in root.rglob(name)
-            if not any(part.startswith(".") for part in p.relative_to(root).parts[:-1])]
-
-
 def discover(inputs: Sequence[Path]) -> tuple[dict[Path, list[Path]], list[Path]]:
     """Experiment dirs with their run dirs, and run dirs that belong to no experiment."""
+    inputs = [as_path(p) for p in inputs]
     for p in inputs:
         if not p.is_dir():
             raise FileNotFoundError(
                 f"input {p} is not a directory; pass run directories (holding {METRICS_FILE} or "
                 f"{RUN_INFO_FILE}) or experiment directories (holding {EXPERIMENT_FILE})")
-    experiments = sorted({d.resolve() for p in inputs for d in _walk(p, EXPERIMENT_FILE)})
-    runs = sorted({d.resolve() for p in inputs for name in (METRICS_FILE, RUN_INFO_FILE)
-                   for d in _walk(p, name)})
+    experiments = sorted({d for p in inputs for d in dirs_holding(p, EXPERIMENT_FILE)})
+    runs = sorted({d for p in inputs for name in (METRICS_FILE, RUN_INFO_FILE) for d in dirs_holding(p, name)})
     if not experiments and not runs:
         raise ValueError(f"no runs found under {', '.join(map(str, inputs))}: expected run "
                          f"directories holding {METRICS_FILE} or {RUN_INFO_FILE}, or experiment "
@@ -272,5 +267,5 @@ def read_experiment(exp_dir: Path, run_dirs: list[Path]) -> Experiment:
     """The experiment and its runs, target runs placed by their run.json arm, lr and seed; in a
     data-size sweep the grid holds the largest target size (Experiment.at_size gives the others)."""
     meta = _read_meta(exp_dir)
-    runs = [read_run(d, os.path.relpath(d, exp_dir)) for d in run_dirs]
+    runs = [read_run(d, str(d.relative_to(exp_dir))) for d in run_dirs]
     return _assemble(exp_dir, meta, runs, max([int(n) for n in meta.get("target_sizes") or ()], default=0))

@@ -1,8 +1,8 @@
-"""Write the report: read, analyse, draw, render, then swap the out dir into place whole.
+"""Write the report: read, analyse, draw, render, then publish the out dir whole.
 
-Everything is written into a temporary sibling of `out_dir` and renamed into place, so a
-crash never leaves a half report that looks whole. summary.json is where the typed results
-become plain JSON.
+Everything is rendered into a temporary directory first, then renamed into place (a local
+out_dir) or uploaded with summary.json last (gs://), so a crash never leaves a half report that
+looks whole. summary.json is where the typed results become plain JSON.
 """
 from __future__ import annotations
 
@@ -13,9 +13,11 @@ import os
 import re
 import shutil
 import tempfile
-from pathlib import Path
 from typing import Any
 
+from etils.epath import Path
+
+from igpt.paths import as_path, forget_listings, is_object_storage
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.report.analysis import Analysis, Headline, analyse
 from igpt.transfer.report.collect import Run, discover, read_experiment, read_runs
@@ -103,21 +105,41 @@ def _swap_in(tmp: Path, out: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def _upload(tmp: Path, out: Path) -> None:
+    """Object storage has no directory rename: summary.json, the mark of a whole report, goes
+    first, then every file is written, stale ones deleted, and summary.json written last."""
+    forget_listings(out)
+    (out / SUMMARY_FILE).unlink(missing_ok=True)
+    names = {p.name for p in tmp.iterdir()}
+    for name in sorted(names - {SUMMARY_FILE}):
+        (out / name).write_bytes((tmp / name).read_bytes())
+    for stale in out.iterdir() if out.exists() else ():
+        if stale.name not in names:
+            stale.unlink()
+    (out / SUMMARY_FILE).write_bytes((tmp / SUMMARY_FILE).read_bytes())
+
+
 def _write(out: Path, title: str, sections: list[Section], summary_text: str) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    """Renders into a local temporary directory, then publishes it whole: renamed into place on a
+    disk, uploaded with summary.json last to a bucket."""
+    remote = is_object_storage(out)
+    if not remote:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=None if remote else out.parent))
     try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the published report is an ordinary dir
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the published report is an ordinary dir
         for sec in sections:
             for c in sec.charts:
                 (tmp / c.name).write_bytes(c.png)
         (tmp / "report.html").write_text(render_html(title, sections), encoding="utf-8")
         (tmp / "report.md").write_text(render_md(title, sections), encoding="utf-8")
         (tmp / SUMMARY_FILE).write_text(summary_text + "\n", encoding="utf-8")
-        _swap_in(tmp, out)
-    except BaseException:
+        if remote:
+            _upload(tmp, out)
+        else:
+            _swap_in(tmp, out)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool = False,
@@ -131,8 +153,8 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
         raise ValueError("write_report: no inputs; pass run or experiment directories")
     if targets is not None and (not targets or not all(math.isfinite(t) for t in targets)):
         raise ValueError(f"write_report: targets must be finite losses in bits/token, got {targets}")
-    paths = [Path(p) for p in inputs]
-    out = Path(out_dir).resolve()
+    paths = [as_path(p) for p in inputs]
+    out = as_path(out_dir)
     _check_out_dir(out)
     owned, single_dirs = discover(paths)
 
@@ -172,5 +194,5 @@ def headline(summary: dict[str, Any], out_dir: Path) -> str:
     lines += [f"left out: {reason}" for reason in summary["runs_left_out"]]
     if summary["runs_without_metrics"]:
         lines.append(f"runs with no metrics: {', '.join(summary['runs_without_metrics'])}")
-    lines.append(f"report: {Path(out_dir) / 'report.html'}")
+    lines.append(f"report: {as_path(out_dir) / 'report.html'}")
     return "\n".join(lines)
