@@ -10,7 +10,7 @@ import pytest
 from flax import nnx
 
 from igpt import sharding
-from igpt.model import Transformer, model_config
+from igpt.model import Transformer
 from igpt.training.loop import on_mesh
 from igpt.transfer import donors, init as transfer_init
 from igpt.transfer.arms import TransferError, parse_arm
@@ -217,6 +217,20 @@ def test_weights_that_do_not_match_config_json_are_refused(tmp_path):
     directory = write_gpt2(tmp_path / "short", GPT2, gpt2_tensors(dict(GPT2, n_layer=1)))
     with pytest.raises(TransferError, match="no tensor 'h.1."):
         hf_gpt2.load(directory)
+
+
+def test_the_mlps_hand_written_backward_takes_gpt2s_bias_too():
+    from igpt.model import gelu_mlp
+    keys = jax.random.split(jax.random.key(0), 5)
+    x, dy = (jax.random.normal(k, (2, 16, 8)) for k in keys[:2])
+    w_in, w_out = jax.random.normal(keys[2], (8, 32)) / 3, jax.random.normal(keys[3], (32, 8)) / 5
+    b_in = jax.random.normal(keys[4], (32,))
+    out, grads = jax.vjp(gelu_mlp, x, w_in, w_out, b_in)
+    plain = lambda x, w_in, w_out, b_in: jax.nn.gelu(x @ w_in + b_in) @ w_out  # noqa: E731
+    ref_out, ref_grads = jax.vjp(plain, x, w_in, w_out, b_in)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
+    for got, want in zip(grads(dy), ref_grads(dy)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
