@@ -7,9 +7,14 @@ gcsfs caches listings that go stale when another process or host writes.
 """
 from __future__ import annotations
 
+import logging
 import os
+import platform
 
 from etils import epath
+
+# gcsfs logs every failed request with its traceback; igpt says what failed itself (storage_problem).
+logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
 
 
 def is_object_storage(path: str | os.PathLike) -> bool:
@@ -29,6 +34,51 @@ def made_dir(path: str | os.PathLike) -> epath.Path:
     if not is_object_storage(path):
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def local_cache(*parts: str) -> str:
+    """A directory under the user's cache (XDG_CACHE_HOME, else ~/.cache)/igpt: for what must lie
+    on this host's disk even when the run lives in a bucket."""
+    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(home, "igpt", *parts)
+
+
+def probe_write(directory: str | os.PathLike) -> None:
+    """Writes and deletes a small object in `directory` (made if local): on object storage the one
+    way to learn, before any work, that the bucket exists and the credentials may write there."""
+    directory = made_dir(directory)
+    probe = directory / f".write-test-{platform.node()}-{os.getpid()}"
+    probe.write_text("ok")
+    probe.unlink()
+
+
+def probe_read(directory: str | os.PathLike) -> None:
+    """Lists `directory`: a refusal (no credentials, no permission) raises here, where a plain
+    exists() or is_dir() on gs:// would answer False. A directory that is not there passes."""
+    try:
+        next(iter(as_path(directory).iterdir()), None)
+    except FileNotFoundError:
+        pass
+
+
+def storage_problem(url: str | os.PathLike, error: Exception, access: str = "write") -> str:
+    """Why `url` on object storage cannot be read or written, and what to check, as one clause."""
+    code = getattr(error, "code", None)
+    text = str(error).strip()
+    if isinstance(error, FileNotFoundError):
+        why = "the bucket does not exist; check its name (gsutil ls gs://BUCKET)"
+    elif code == 401:
+        why = ("no credentials were found, so the request went anonymous; run `gcloud auth application-default "
+               "login`, or run on a VM whose service account has access")
+    elif code == 403 or text.startswith("Forbidden"):
+        why = (f"the credentials in use may not {access} there (403 Forbidden); grant them a Storage role on the "
+               "bucket (e.g. roles/storage.objectAdmin)")
+    elif "google.auth" in type(error).__module__:
+        why = (f"the credentials do not work ({type(error).__name__}: {text.splitlines()[0][:200] if text else ''}); "
+               "refresh them with `gcloud auth application-default login`")
+    else:
+        why = f"{type(error).__name__}: {text.splitlines()[0][:200] if text else ''}"
+    return f"cannot {access} {url} ({why})"
 
 
 def forget_listings(path: str | os.PathLike) -> None:

@@ -39,7 +39,7 @@ def test_run_info_and_config_round_trip(root):
 
 
 def test_a_missing_bucket_is_one_clear_error(gcs_bucket):
-    with pytest.raises(WorkdirError, match="gs://no-such-igpt-bucket/run is not writable .the bucket does not exist"):
+    with pytest.raises(WorkdirError, match=r"workdir: cannot write gs://no-such-igpt-bucket/run \(the bucket does not exist"):
         RunDir.at("gs://no-such-igpt-bucket/run").prepare()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from igpt.paths import as_path, forget_listings
+from igpt.paths import as_path, forget_listings, is_object_storage, probe_read, probe_write, storage_problem
 from igpt.transfer.report import headline, write_report
 
 
@@ -18,6 +18,25 @@ def _targets(text: str) -> list[float]:
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"--targets {text!r}: expected comma-separated losses in bits/token, e.g. 3.2,3.0")
+
+
+class _Unusable(Exception):
+    """A bucket the report cannot read from or write to."""
+
+
+def _check_storage(inputs: list[str], out: str) -> None:
+    """Inputs and --out in a bucket are tried before any work: listed, and written to."""
+    for url, access in [(p, "read") for p in inputs] + [(out, "write")]:
+        if not is_object_storage(url):
+            continue
+        forget_listings(url)
+        try:
+            if access == "write":
+                probe_write(url)
+            else:
+                probe_read(url)
+        except Exception as e:  # gcsfs and google-auth raise more than OSError (e.g. 401 without credentials)
+            raise _Unusable(storage_problem(url, e, access)) from e
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.targets is not None and not args.targets:
         parser.error("--targets is empty; give losses in bits/token, e.g. 3.2,3.0")
-    for p in args.inputs:
-        forget_listings(p)
+    try:
+        _check_storage(args.inputs, args.out)
+    except _Unusable as e:
+        print(f"igpt-report: error: {e}", file=sys.stderr)
+        return 2
     missing = [p for p in args.inputs if not as_path(p).is_dir()]  # local or gs://
     if missing:
         parser.error(f"no such directory: {', '.join(missing)}")

@@ -16,7 +16,7 @@ import numpy as np
 
 from igpt.data.errors import DataError
 from igpt.data.columns import Column, check_index
-from igpt.data.sources import check_data_dir
+from igpt.paths import as_path
 
 _VERSION = re.compile(r"\d+\.\d+\.\d+")
 
@@ -44,8 +44,7 @@ def _versions(directory: Path) -> list[Path]:
 def version_dir(spec: str, data_dir: str | Path) -> Path:
     """The prepared `DATA_DIR/NAME[/CONFIG]/VERSION` directory of `spec` (newest version if unnamed)."""
     name, config, version = parse_name(spec)
-    check_data_dir(f"tfds:{spec}", data_dir)  # ArrayRecord shards must lie on local disk
-    data_dir = Path(data_dir).expanduser()
+    data_dir = as_path(data_dir)  # local, or a bucket (igpt.data.staging lists it there)
     if not data_dir.is_dir():
         raise DataError(f"data_dir {data_dir} (data.data_dir for tfds:{spec}) does not exist; "
                         f"{_prepare_hint(name, data_dir)}.")

@@ -1,8 +1,9 @@
 """From `data.source` to one split's raw feature values: shipped builders or the TFDS catalog.
 
-data.data_dir must be on local disk (or a mounted bucket): igpt reads and prepares datasets as
-ArrayRecord shards, whose C++ reader and writer open local files only, so TFDS cannot serve
-them from gs:// (a read hangs, a prepare fails). `check_data_dir` says so before any work.
+igpt reads and prepares datasets as ArrayRecord shards, whose C++ reader and writer open local
+files only. A catalog dataset prepared in a bucket (data.data_dir=gs://...) is copied to this
+host's disk once before it is read (igpt.data.staging); shipped data is prepared where it is
+read, so its data_dir must be local (`check_data_dir` says so before any work).
 """
 from __future__ import annotations
 
@@ -25,17 +26,17 @@ class RawSplit:
 
 
 def check_data_dir(source: str, data_dir: str | os.PathLike) -> None:
-    """Raises one DataError line when `data_dir` is on object storage (gs://...), saying why and what to do."""
+    """Raises one DataError line for shipped data with its data_dir on object storage (gs://...):
+    shipped datasets are prepared in data_dir on first use, as ArrayRecord, which is written to
+    local files only. Catalog datasets may be read from a bucket."""
     data_dir = os.fspath(data_dir)
-    if "://" not in data_dir:
+    if "://" not in data_dir or not source.startswith("shipped:"):
         return
-    local = "/path/on/local/disk/tfds"
     raise DataError(
-        f"data.data_dir={data_dir} (for {source}) is on object storage, but igpt reads datasets as ArrayRecord "
-        "shards, whose reader and writer open local files only (TFDS cannot read or prepare them on gs://); "
-        f"copy the prepared dataset to local disk (`gsutil -m cp -r {data_dir.rstrip('/')}/NAME {local}/`) or "
-        f"mount the bucket with gcsfuse, and set data.data_dir to that local directory ({local}); run "
-        "directories (--workdir) may stay on gs://.")
+        f"data.data_dir={data_dir} (for {source}) is on object storage, but shipped data is prepared in data_dir "
+        "on first use as ArrayRecord shards, which are written to local files only; set data.data_dir to a local "
+        "directory (the default is fine). Catalog datasets (tfds:NAME) may stay in a bucket, and run "
+        "directories (--workdir) too.")
 
 
 def open_split(data_cfg: ml_collections.ConfigDict, split: str, key: str) -> RawSplit:
@@ -47,6 +48,9 @@ def open_split(data_cfg: ml_collections.ConfigDict, split: str, key: str) -> Raw
     check_data_dir(data_cfg.source, data_cfg.data_dir)
     data_dir = os.path.expanduser(data_cfg.data_dir)
     where = f"{data_cfg.source} split {split!r} in {data_dir}"
+    if kind == "tfds" and "://" in data_dir:
+        from igpt.data import staging
+        data_dir = staging.staged_data_dir(name, data_dir)
     if kind == "shipped":
         from igpt.data import shipped
         return RawSplit(*shipped.open_split(name, split, data_dir, key), where)

@@ -27,7 +27,7 @@ from typing import Any
 
 from etils import epath
 
-from igpt.paths import as_path, forget_listings, is_object_storage, write_bytes_atomic
+from igpt.paths import as_path, forget_listings, is_object_storage, probe_write, storage_problem, write_bytes_atomic
 
 CONFIG_FILE, VERSIONS_FILE, RUN_INFO_FILE, METRICS_FILE = "config.json", "versions.json", "run.json", "metrics.jsonl"
 CHECKPOINTS_DIR, TOKENIZER_DIR, TENSORBOARD_DIR = "checkpoints", "tokenizer", "tb"
@@ -64,12 +64,6 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
     write_bytes_atomic(path, json.dumps(obj, indent=2, sort_keys=True).encode())
 
 
-def _object_storage_advice(root: epath.Path, error: Exception) -> str:
-    why = "the bucket does not exist" if isinstance(error, FileNotFoundError) else f"{type(error).__name__}: {error}"
-    return (f"workdir {root} is not writable ({why}); check the bucket name, and that your credentials "
-            "(gcloud auth application-default login, or the VM's service account) may write objects there.")
-
-
 @dataclasses.dataclass(frozen=True)
 class RunDir:
     """A run's files under `root`, local or gs://; `RunDir(str | pathlib.Path | epath.Path)` works."""
@@ -98,20 +92,14 @@ class RunDir:
         there is nothing to create (directories do not exist there): writing and deleting a probe
         object proves the bucket exists and the credentials may write to it."""
         try:
-            if not is_object_storage(self.root):
-                self.root.mkdir(parents=True, exist_ok=True)
-            probe = self.root / f".write-test-{platform.node()}-{os.getpid()}"
-            probe.write_text("ok")
-            probe.unlink()
-        except OSError as e:
+            probe_write(self.root)
+        except Exception as e:  # gcsfs and google-auth raise more than OSError (e.g. no credentials)
             if is_object_storage(self.root):
-                raise WorkdirError(_object_storage_advice(self.root, e)) from e
+                raise WorkdirError(f"workdir: {storage_problem(self.root, e)}.") from e
+            if not isinstance(e, OSError):
+                raise
             raise WorkdirError(f"workdir {self.root} is not writable ({e.strerror or e}); choose another "
                                "--workdir or fix its permissions.") from e
-        except Exception as e:  # gcsfs and google-auth raise more than OSError (e.g. no credentials)
-            if not is_object_storage(self.root):
-                raise
-            raise WorkdirError(_object_storage_advice(self.root, e)) from e
         return self
 
     def read_config(self) -> dict[str, Any] | None:

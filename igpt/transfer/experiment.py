@@ -19,7 +19,6 @@ with several learning rates each arm is reported at its own best rate on validat
 """
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import jax
@@ -29,7 +28,7 @@ from etils.epath import Path
 from igpt import distributed, sharding
 from igpt.data import pipeline
 from igpt.gpt import base_config, optim_config, train, train_config
-from igpt.paths import as_path, is_object_storage, made_dir
+from igpt.paths import as_path, is_object_storage, local_cache
 from igpt.training.rundir import RunDir, write_json_atomic
 from igpt.transfer import init as transfer_init
 from igpt.transfer import workers
@@ -45,10 +44,7 @@ def compilation_cache(exp_dir: Path) -> str:
     """Where the experiment's runs share compiled programs: beside them on a local disk; in the
     user's cache directory when the experiment lives in a bucket (a cache is read at every
     compile and belongs near the host)."""
-    if not is_object_storage(exp_dir):
-        return str(exp_dir / COMPILATION_CACHE)
-    home = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(home, "igpt", "jax_compilation")
+    return local_cache("jax_compilation") if is_object_storage(exp_dir) else str(exp_dir / COMPILATION_CACHE)
 
 
 def experiment_config() -> ml_collections.ConfigDict:
@@ -220,7 +216,7 @@ def chosen_rates(exp_dir: Path) -> dict[tuple[str, int], float]:
 
 def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print) -> Path:
     """Runs (or resumes) everything and returns the experiment directory."""
-    exp_dir = made_dir(exp_dir)
+    exp_dir = RunDir.at(exp_dir).prepare().root  # a bucket that cannot be written is said before any work
     distributed.maybe_initialize(c.distributed)
     check_seeds(c)
     sweep = sweep_runs(c, exp_dir)  # validates every arm before any training
