@@ -8,12 +8,13 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import NamedSharding
 
 from igpt import sharding
 from igpt.model import Transformer
 from igpt.training.loop import on_mesh
 from igpt.transfer import donors, init as transfer_init
-from igpt.transfer.arms import TransferError, parse_arm
+from igpt.transfer.arms import SOURCE_MODES, TransferError, parse_arm
 from igpt.transfer.donors import growth, hf_gpt2
 from igpt.transfer.donors.safetensors_numpy import read_safetensors
 
@@ -123,12 +124,22 @@ def write_gpt2(directory, hf: dict, tensors: dict[str, np.ndarray], shards: int 
     return str(directory)
 
 
+def fresh_params(model_cfg, vocab: int, seq_len: int, mesh: jax.sharding.Mesh):
+    """(graphdef, params) of a new model on `mesh`: its shapes and shardings, values drawn in
+    numpy (a compile per tensor, as nnx's eager init costs, is minutes on 2 cores over a test file)."""
+    graphdef, abstract = nnx.split(nnx.eval_shape(lambda: Transformer(model_cfg, vocab, seq_len, rngs=nnx.Rngs(1))),
+                                   nnx.Param)
+    rng = np.random.default_rng(1)
+    return graphdef, jax.tree.map(lambda a: jax.device_put(rng.normal(0, 0.02, a.shape).astype(a.dtype),
+                                                           NamedSharding(mesh, a.sharding.spec)), abstract)
+
+
 def igpt_logits(model_cfg, vocab: int, seq_len: int, init, donor_source: str, tokens: np.ndarray,
                 devices: int = 1) -> np.ndarray:
     """Logits of the model that `init` (mode, growth) builds from the donor, on `devices` devices."""
     m = make_mesh(devices)
     with on_mesh(m, sharding.DEFAULT_RULES):
-        graphdef, fresh = nnx.split(Transformer(model_cfg, vocab, seq_len, rngs=nnx.Rngs(1)), nnx.Param)
+        graphdef, fresh = fresh_params(model_cfg, vocab, seq_len, m)
         donor = donors.load(donor_source, sharding.replicated(m)) if donor_source else None
         params = transfer_init.initialize(init, fresh, donor, seed=0, vocab=vocab)
         batch = sharding.put_batch(tokens.astype(np.int32), m, sharding.DEFAULT_RULES)
@@ -182,6 +193,21 @@ def test_imported_params_compute_gpt2_in_igpts_layout(gpt2_dir):
     assert transfer_init.token_offset(transfer_init.init_config("full", f"hf:{gpt2_dir}")) == 0
 
 
+@pytest.mark.parametrize("mode", SOURCE_MODES)
+def test_hf_source_initialises_every_transfer_mode(gpt2_dir, mode):
+    donor = donors.load(f"hf:{gpt2_dir}", jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    fresh = jax.tree.map(lambda a: a * 0 + 7.0, donor.params)  # a target of the donor's shapes
+    init = transfer_init.init_config(mode, f"hf:{gpt2_dir}", layers=(1,))
+    got = growth.flatten(transfer_init.initialize(init, fresh, donor, seed=0, vocab=300))
+    want = growth.flatten(donor.params)
+    assert got.keys() == want.keys()
+    body = [k for k in want if k[0] == "blocks"]
+    if mode == "stats_init":  # drawn from each tensor's statistics: not the donor's values, nor the fresh ones
+        assert all(not np.array_equal(got[k], want[k]) and not np.all(got[k] == 7.0) for k in body)
+    else:
+        assert all(np.array_equal(got[k], want[k]) for k in body)
+
+
 def test_sharded_checkpoint_and_half_precision_read_like_one_file(gpt2_dir, tmp_path):
     tensors = gpt2_tensors(GPT2)
     sharded = write_gpt2(tmp_path / "sharded", GPT2, tensors, shards=3)
@@ -221,15 +247,20 @@ def test_weights_that_do_not_match_config_json_are_refused(tmp_path):
 
 def test_the_mlps_hand_written_backward_takes_gpt2s_bias_too():
     from igpt.model import gelu_mlp
-    keys = jax.random.split(jax.random.key(0), 5)
-    x, dy = (jax.random.normal(k, (2, 16, 8)) for k in keys[:2])
-    w_in, w_out = jax.random.normal(keys[2], (8, 32)) / 3, jax.random.normal(keys[3], (32, 8)) / 5
-    b_in = jax.random.normal(keys[4], (32,))
-    out, grads = jax.vjp(gelu_mlp, x, w_in, w_out, b_in)
-    plain = lambda x, w_in, w_out, b_in: jax.nn.gelu(x @ w_in + b_in) @ w_out  # noqa: E731
-    ref_out, ref_grads = jax.vjp(plain, x, w_in, w_out, b_in)
-    np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
-    for got, want in zip(grads(dy), ref_grads(dy)):
+    rng = np.random.default_rng(0)
+    x, dy = rng.normal(0, 1, (2, 2, 16, 8)).astype(np.float32)
+    w_in, w_out, b_in = (rng.normal(0, 0.3, shape).astype(np.float32) for shape in ((8, 32), (32, 8), (32,)))
+    args = (x, w_in, w_out, b_in)
+
+    def plain(x, w_in, w_out, b_in):
+        return jax.nn.gelu(x @ w_in + b_in) @ w_out
+
+    def value_and_grads(f):
+        return jax.jit(jax.value_and_grad(lambda a: (f(*a) * dy).sum()))(args)
+
+    (out, grads), (ref_out, ref_grads) = value_and_grads(gelu_mlp), value_and_grads(plain)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5)
+    for got, want in zip(grads, ref_grads):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -244,7 +275,7 @@ def test_grow_vocab_keeps_the_donors_logits_on_its_own_tokens(gpt2_dir):
     cfg = hf_gpt2.model_config(gpt2_dir)
     init = transfer_init.init_config("grow_vocab", f"hf:{gpt2_dir}")
     got = igpt_logits(cfg, grown, GPT2["n_positions"], init, init.source,
-                      np.where(tokens == GPT2["bos_token_id"], grown, tokens), devices=8)  # BOS: the grown model's
+                      np.where(tokens == GPT2["bos_token_id"], grown, tokens))  # BOS: the grown model's
     assert got.shape[-1] == grown
     np.testing.assert_allclose(got[..., :vocab], donor, atol=1e-4, rtol=0)
     # mean_resizing: each new token's logit is (nearly) the mean of the donor's logits

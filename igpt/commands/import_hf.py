@@ -19,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="donor directory to write (local or gs://)")
     args = parser.parse_args(argv)
 
+    import jax
+
     from igpt.errors import fail_clearly
     from igpt.model import model_config
     from igpt.training.checkpoint import Checkpointer
@@ -31,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         vocab, seq_len = hf_gpt2.vocab_size(hf), hf_gpt2.seq_len(hf)
         run = RunDir.at(args.out).prepare()
         ckpt = Checkpointer(run.checkpoints, keep=1, async_save=False)
-        ckpt.save(0, {"params": params}, {"vocab": vocab, "seq_len": seq_len, "imported_from": str(args.hf_dir)})
+        ckpt.save(0, {"params": jax.device_put(params)}, {"vocab": vocab, "seq_len": seq_len, "imported_from": str(args.hf_dir)})
         ckpt.close()
         run.write_config({"model": model_config("tiny", **overrides).to_dict(), "data": {"seq_len": seq_len}})
         run.update_info(task="hf-import", status="finished", step=0, steps=0, source=str(args.hf_dir))
