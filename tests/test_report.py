@@ -455,25 +455,29 @@ def _scratch_bits(tokens: float) -> float:
     return 2.0 + 50.0 * tokens ** -0.3
 
 
-def _sweep_experiment(root: Path, flat_scratch_seed: int | None = None) -> Path:
-    """Runs whose early-stopped test loss is planted: scratch follows L(D); prose/full at D_F
-    reaches L(3 D_F) (D_T = 2 D_F), noise/full reaches L(D_F / 2) (ossified). A flat scratch
-    seed has the same loss at every size (not data-limited)."""
-    exp = root / "sweep"
+PLANTED_WORTH = {SCRATCH: lambda d: d, "prose/full": lambda d: 3.0 * d, "noise/full": lambda d: 0.5 * d}
+
+
+def _sweep_experiment(root: Path, flat_scratch_seed: int | None = None, name: str = "sweep",
+                      params: float = 98944, worth=PLANTED_WORTH) -> Path:
+    """Runs whose early-stopped test loss is planted: an arm trained on D tokens reaches scratch's
+    L(worth[arm](D)); by default prose/full is worth 3 D (D_T = 2 D_F) and noise/full D / 2
+    (ossified). A flat scratch seed has the same loss at every size (not data-limited)."""
+    exp = root / name
     exp.mkdir()
     sizes, scratch_only, seeds = [100, 300, 1000], [3000, 10000], range(5)
     (exp / "experiment.json").write_text(json.dumps({
-        "name": "sweep", "target": "images", "sources": ["prose", "noise"], "arms": [SCRATCH, "prose/full", "noise/full"],
+        "name": name, "target": "images", "sources": ["prose", "noise"], "arms": list(worth),
         "seeds": list(seeds), "lrs": [GOOD], "target_sizes": sizes, "scratch_sizes": scratch_only, "complete": True}))
-    for arm, worth in ((SCRATCH, 1.0), ("prose/full", 3.0), ("noise/full", 0.5)):
+    for arm, worth_of in worth.items():
         for n in sizes + (scratch_only if arm == SCRATCH else []):
             for seed in seeds:
                 flat = arm == SCRATCH and seed == flat_scratch_seed
-                best = _scratch_bits(64 * (100 if flat else n) * worth) + 0.01 * seed  # a seed's offset: all arms
+                best = _scratch_bits(worth_of(64 * (100 if flat else n))) + 0.01 * seed  # a seed's offset: all arms
                 d = exp / "target" / arm.replace("/", "__") / f"n{n}" / f"lr{GOOD:g}" / f"seed{seed}"
                 d.mkdir(parents=True)
                 RunDir(d).update_info(role="target", arm=arm, seed=seed, lr=GOOD, mode="full", finished=True,
-                                      train_examples=n, train_tokens=64 * n, non_embedding_params=98944)
+                                      train_examples=n, train_tokens=64 * n, non_embedding_params=params)
                 writer = MetricsWriter(RunDir(d).metrics)
                 for step, over in ((50, 0.6), (100, 0.1), (150, 0.0), (200, 0.3)):  # overfits after step 150
                     for split, extra in (("validation", 0.0), ("test", 0.02)):
@@ -482,6 +486,22 @@ def _sweep_experiment(root: Path, flat_scratch_seed: int | None = None) -> Path:
                                       "loss": b * math.log(2), "bits_per_token": b})
                 writer.close()
     return exp
+
+
+def test_sweeps_at_two_model_sizes_give_back_a_planted_scaling_law(tmp_path):
+    k, alpha, beta = 1.0, 0.5, 0.4  # D_T = k D_F^alpha N^beta, inside scratch's range at every D_F
+    law = lambda n_params: {SCRATCH: lambda d: d, "prose/full": lambda d: d + k * d ** alpha * n_params ** beta}
+    small = _sweep_experiment(tmp_path, name="small", params=1e5, worth=law(1e5))
+    large = _sweep_experiment(tmp_path, name="large", params=4e5, worth=law(4e5))
+    one = write_report([small], tmp_path / "one")["scaling_laws"]["prose/full"]
+    assert one["status"] == "too few positive points" and len(one["points"]) == 3 and one["k"] is None
+    fitted = write_report([small, large], tmp_path / "both")["scaling_laws"]["prose/full"]
+    assert fitted["status"] == "fit" and len(fitted["points"]) == 6
+    assert fitted["k"] == pytest.approx(k, rel=0.15)
+    assert fitted["alpha"] == pytest.approx(alpha, abs=0.02) and fitted["beta"] == pytest.approx(beta, abs=0.02)
+    assert fitted["alpha_interval"][0] <= fitted["alpha"] <= fitted["alpha_interval"][1]
+    md = (tmp_path / "both" / "report.md").read_text()
+    assert "Scaling of effective data transferred across model sizes" in md and "α = 0.50" in md
 
 
 def test_a_data_size_sweep_gives_back_a_planted_effective_data_multiplier(tmp_path):
@@ -497,8 +517,8 @@ def test_a_data_size_sweep_gives_back_a_planted_effective_data_multiplier(tmp_pa
             assert noise["d_t"]["hi"] < 0 and noise["multiplier"]["mean"] == pytest.approx(0.5, rel=0.05)
     assert cells["noise/full", 100]["n_extrapolated"] == 5
     md = (tmp_path / "report" / "report.md").read_text()
-    assert "Effective data transferred (data-size sweep)" in md and "ossified" in md
-    assert "No scaling fit" in md and "too few" in md
+    assert "sweep: effective data transferred (data-size sweep)" in md and "ossified" in md
+    assert "too few positive points" in md  # one model size: prose/full's three D_F, noise/full ossified
     assert (tmp_path / "report" / "sweep_effective_data.png").stat().st_size > 10_000
 
 

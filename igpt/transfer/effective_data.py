@@ -359,7 +359,7 @@ def transfer_law(cells: Mapping[float, Sequence[PooledEffectiveData]], low_data_
     if any(not (np.isfinite(n) and n > 0) for n in cells):
         raise ValueError(f"transfer_law: model sizes must be > 0 parameters, got {list(cells)}")
     regime = [(float(n), c) for n, per_n in cells.items() for c in per_n
-              if c.per_seed and c.d_f <= low_data_fraction * _scratch_d_max(c)]
+              if c.per_seed and c.d_f <= low_data_fraction * _scratch_d_max(c) * (1 + 1e-9)]  # d_max went through log/exp
     points = _law_points(regime, None)
     status = _law_status(points)
     if status != "fit":

@@ -46,13 +46,12 @@ class SweepCell:
 @dataclass
 class DataSweep:
     """Scratch's optimum test loss per seed against D, its fits (None: no seed could be fitted,
-    see notes), every arm's effective data per size, and the scaling fit (which needs several
-    model sizes: one experiment has one)."""
+    see notes), and every arm's effective data per size, at one model size (non-embedding N)."""
+    name: str
     non_embedding_params: float
     scratch: dict[int, list[tuple[float, float]]]
     fits: ScratchFits | None
     cells: list[SweepCell]
-    law: TransferLaw
     notes: list[str] = field(default_factory=list)
 
 
@@ -97,7 +96,7 @@ def analyse_sweep(exp: Experiment) -> DataSweep | None:
     scratch = {s: sorted(points) for s, points in scratch.items() if len({d for d, _ in points}) >= 2}
     fits, notes = _fit(scratch)
     if fits is None:
-        return DataSweep(0.0, scratch, None, [], transfer_law({1.0: []}), notes)
+        return DataSweep(exp.name, 0.0, scratch, None, [], notes)
     cells = []
     for n, sub in by_size.items():
         for arm in sorted(a for a in rates[n] if a != SCRATCH):
@@ -113,6 +112,15 @@ def analyse_sweep(exp: Experiment) -> DataSweep | None:
                 d_f = float(np.median([d for d, _ in results.values()]))
                 cells.append(SweepCell(arm, n, lr, d_f, effective_data_seeds(fits.per_seed, d_f, paired)))
     params = {float(r.info.get("non_embedding_params") or 0) for r in exp.runs if r.info.get("role") == "target"}
-    n_params = max(params, default=0.0)
-    law = transfer_law({n_params or 1.0: [c.result for c in cells]}, n_boot=200)
-    return DataSweep(n_params, scratch, fits, cells, law, notes)
+    return DataSweep(exp.name, max(params, default=0.0), scratch, fits, cells, notes)
+
+
+def scaling_laws(sweeps: list[DataSweep], n_boot: int = 200) -> dict[str, TransferLaw]:
+    """Per arm, D_T = k D_F^alpha N^beta over every sweep it ran in: the sweeps of one report are
+    the model sizes N (an experiment has one), so several experiments at different sizes fit it."""
+    by_arm: dict[str, dict[float, list[PooledEffectiveData]]] = {}
+    for sweep in sweeps:
+        if sweep.non_embedding_params > 0:
+            for c in sweep.cells:
+                by_arm.setdefault(c.arm, {}).setdefault(sweep.non_embedding_params, []).append(c.result)
+    return {arm: transfer_law(cells, n_boot=n_boot) for arm, cells in sorted(by_arm.items())}

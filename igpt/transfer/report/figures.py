@@ -15,7 +15,8 @@ from igpt.transfer.arms import SCRATCH
 from igpt.transfer.metrics import Curve
 from igpt.transfer.report.analysis import Analysis
 from igpt.transfer.report.collect import Run
-from igpt.transfer.report.data_sweep import DataSweep
+from igpt.transfer.effective_data import TransferLaw
+from igpt.transfer.report.data_sweep import DataSweep, SweepCell
 
 # (x attribute of Curve: "steps" or "tokens", y-axis label, {legend label: curves})
 Panel = tuple[str, str, dict[str, list[Curve]]]
@@ -166,6 +167,47 @@ def run_charts(runs: list[Run], slug: str, log_x: bool) -> list[Chart]:
     return charts
 
 
+def _multipliers(ax, cells: list[SweepCell], label: str) -> None:
+    """One arm's effective data multiplier against D_F, with its seed interval as bars."""
+    cells = sorted((c for c in cells if c.result.multiplier), key=lambda c: c.d_f)
+    if not cells:
+        return
+    mean = np.array([c.result.multiplier.mean for c in cells])
+    lo = np.array([c.result.multiplier.lo if c.result.multiplier.lo is not None else m for c, m in zip(cells, mean)])
+    hi = np.array([c.result.multiplier.hi if c.result.multiplier.hi is not None else m for c, m in zip(cells, mean)])
+    ax.errorbar([c.d_f for c in cells], mean, yerr=np.maximum(0.0, [mean - lo, hi - mean]), marker="o", capsize=3,
+                label=label)
+
+
+def _multiplier_axes(ax, title: str) -> None:
+    ax.axhline(1.0, color="grey", linestyle=":")
+    ax.set(xscale="log", yscale="log", xlabel="fine-tuning tokens D_F", ylabel="effective data multiplier D_E / D_F",
+           title=title)
+    ax.legend(fontsize=7)
+
+
+def scaling_chart(sweeps: list[DataSweep], laws: dict[str, TransferLaw], slug: str) -> Chart:
+    """Hernandez et al.'s figure over model sizes: the multiplier against D_F, one line per arm and
+    model size N, and each fitted law's 1 + k·D_F^(α-1)·N^β dashed."""
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for sweep in sorted(sweeps, key=lambda s: s.non_embedding_params):
+        for arm in sorted({c.arm for c in sweep.cells}):
+            _multipliers(ax, [c for c in sweep.cells if c.arm == arm], f"{arm}, N={sweep.non_embedding_params:,.0f}")
+            law = laws.get(arm)
+            d_f = [c.d_f for c in sweep.cells if c.arm == arm]
+            if law is not None and law.status == "fit" and d_f:
+                grid = np.geomspace(min(d_f), max(d_f), 50)
+                ax.plot(grid, 1 + law.k * grid ** (law.alpha - 1) * sweep.non_embedding_params ** law.beta, "k--",
+                        linewidth=0.8)
+    _multiplier_axes(ax, "effective data multiplier by model size (dashed: fitted law)")
+    return Chart(f"{slug}_scaling.png",
+                 "Effective data multiplier (D_F + D_T) / D_F against D_F, one line per arm and model size N "
+                 "(non-embedding parameters); bars = 95% t-interval over exact seeds, or range below 5 seeds; "
+                 "dashed: D_T = k·D_F^α·N^β as fitted.", _png(fig))
+
+
 def sweep_chart(sweep: DataSweep, slug: str) -> Chart:
     """Scratch's optimum test loss against unique train tokens (the curve D_E is read off), and
     each arm's effective data multiplier D_E / D_F against D_F, log-log (Hernandez et al.'s figure)."""
@@ -182,17 +224,8 @@ def sweep_chart(sweep: DataSweep, slug: str) -> Chart:
              title=f"{SCRATCH}: loss at its early-stopping optimum")
     left.legend(fontsize=7)
     for arm in sorted({c.arm for c in sweep.cells}):
-        cells = sorted((c for c in sweep.cells if c.arm == arm and c.result.multiplier), key=lambda c: c.d_f)
-        if not cells:
-            continue
-        mean = np.array([c.result.multiplier.mean for c in cells])
-        lo = np.array([c.result.multiplier.lo if c.result.multiplier.lo is not None else m for c, m in zip(cells, mean)])
-        hi = np.array([c.result.multiplier.hi if c.result.multiplier.hi is not None else m for c, m in zip(cells, mean)])
-        right.errorbar([c.d_f for c in cells], mean, yerr=np.maximum(0.0, [mean - lo, hi - mean]), marker="o", capsize=3, label=arm)
-    right.axhline(1.0, color="grey", linestyle=":")
-    right.set(xscale="log", yscale="log", xlabel="fine-tuning tokens D_F", ylabel="effective data multiplier D_E / D_F",
-              title="effective data transferred (exact seeds)")
-    right.legend(fontsize=7)
+        _multipliers(right, [c for c in sweep.cells if c.arm == arm], arm)
+    _multiplier_axes(right, "effective data transferred (exact seeds)")
     return Chart(f"{slug}_effective_data.png",
                  "Left: scratch's test loss at its early-stopping optimum against unique train tokens, with the "
                  "fit D_E is read off. Right: effective data multiplier (D_F + D_T) / D_F per arm (geometric mean "

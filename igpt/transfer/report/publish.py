@@ -21,10 +21,10 @@ from igpt.paths import as_path, forget_listings, is_object_storage
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.report.analysis import Analysis, Headline, analyse
 from igpt.transfer.report.collect import Run, discover, read_experiment, read_runs
-from igpt.transfer.report.data_sweep import analyse_sweep
-from igpt.transfer.report.figures import experiment_charts, run_charts, sweep_chart
+from igpt.transfer.report.data_sweep import analyse_sweep, scaling_laws
+from igpt.transfer.report.figures import experiment_charts, run_charts, scaling_chart, sweep_chart
 from igpt.transfer.report.render import (Section, experiment_section, render_html, render_md, runs_section,
-                                         sweep_section, terminal_lines)
+                                         scaling_section, sweep_section, terminal_lines)
 
 SUMMARY_FILE = "summary.json"
 UNITS = "bits/token"
@@ -171,6 +171,10 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
         if sweep is not None:
             sweeps[str(exp.dir)] = sweep
             sections.append(sweep_section(sweep, [sweep_chart(sweep, slug)]))
+    laws = scaling_laws(list(sweeps.values()))
+    if sweeps:
+        sections.append(scaling_section(laws, list(sweeps.values()),
+                                        [scaling_chart(list(sweeps.values()), laws, _slug("scaling", taken))]))
     singles, unreadable = read_runs(single_dirs)
     if singles or unreadable:
         sections.append(runs_section(singles, run_charts(singles, _slug("runs", taken), log_x), unreadable))
@@ -179,8 +183,8 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
         sweep = sweeps.get(entry["dir"])
         entry["effective_data"] = sweep and {"non_embedding_params": sweep.non_embedding_params,
                                              "scratch": sweep.scratch, "notes": sweep.notes,
-                                             "cells": [dataclasses.asdict(c) for c in sweep.cells],
-                                             "law": dataclasses.asdict(sweep.law)}
+                                             "cells": [dataclasses.asdict(c) for c in sweep.cells]}
+    summary["scaling_laws"] = {arm: dataclasses.asdict(law) for arm, law in laws.items()}
     text = json.dumps(summary, indent=2, sort_keys=True, allow_nan=False)
     title = ("Transfer report: " + "; ".join(f"{a.experiment.target} ({a.experiment.status})"
                                              for a in analyses) if analyses else "Run report")

@@ -10,7 +10,7 @@ from igpt.transfer.intervals import MIN_SEEDS_FOR_T, Bound, Estimate, Pooled, Sp
 from igpt.transfer.report.analysis import Analysis, Headline
 from igpt.transfer.report.collect import Run
 from igpt.transfer.report.data_sweep import DataSweep
-from igpt.transfer.effective_data import PooledEffectiveData
+from igpt.transfer.effective_data import PooledEffectiveData, TransferLaw
 from igpt.transfer.report.figures import Chart
 
 
@@ -371,17 +371,40 @@ def sweep_section(sweep: DataSweep, charts: list[Chart]) -> Section:
                   "Only exact seeds (D_E inside scratch's measured range) enter the estimates; extrapolated and "
                   "bound seeds are counted. D_T below 0 is ossification: the pretrained model does worse than "
                   "scratch given the same data.")
-    law = sweep.law
-    fit = (f"Scaling fit D_T = k·D_F^α·N^β: k = {law.k:.3g}, α = {law.alpha:.3f}, β = {law.beta:.3f} "
-           f"({law.n_boot} bootstrap refits over seeds)" if law.status == "fit" else
-           f"No scaling fit D_T = k·D_F^α·N^β: {law.status} (it needs 4 or more points with D_T > 0 in the "
-           "low-data regime, D_F at most 10% of scratch's largest D, over 2 or more model sizes N and 3 or "
-           "more D_F; one experiment has one model size, N = "
-           f"{_tokens(sweep.non_embedding_params)} non-embedding parameters).")
     intro = ["Each run trained on a prefix of the train split with early stopping on validation; its result "
              "is its test loss at its lowest validation loss. Each arm is taken at its own best rate at each "
              "size. Scratch's results over all sizes give, per seed, a non-increasing curve of loss against "
              "unique train tokens (isotonic regression in log D, joined by a monotone cubic); an arm's result at "
              "D_F, inverted on the curve of the same seed, is the scratch data D_E it is worth (Hernandez et al. "
-             "2021).", fit, *sweep.notes]
-    return Section("Effective data transferred (data-size sweep)", intro, [table], charts, [])
+             f"2021). Model size N = {_tokens(sweep.non_embedding_params)} non-embedding parameters; the scaling "
+             "fit over model sizes is its own section.", *sweep.notes]
+    return Section(f"{sweep.name}: effective data transferred (data-size sweep)", intro, [table], charts, [])
+
+
+def _interval(value: float, interval: tuple[float, float] | None, digits: str) -> str:
+    ci = f" [{interval[0]:{digits}}, {interval[1]:{digits}}]" if interval else " (no bootstrap refit)"
+    return f"{value:{digits}}{ci}"
+
+
+def scaling_section(laws: dict[str, TransferLaw], sweeps: list[DataSweep], charts: list[Chart]) -> Section:
+    """Hernandez et al.'s D_T = k·D_F^α·N^β per arm, over the model sizes of every sweep reported."""
+    sizes = sorted({s.non_embedding_params for s in sweeps})
+    rows = []
+    for arm, law in laws.items():
+        fitted = law.status == "fit"
+        rows.append([arm, law.status, str(len(law.points)),
+                     _interval(law.k, law.k_interval, ".3g") if fitted else "",
+                     _interval(law.alpha, law.alpha_interval, ".2f") if fitted else "",
+                     _interval(law.beta, law.beta_interval, ".2f") if fitted else ""])
+    table = Table(f"D_T = k·D_F^α·N^β per arm ({next(iter(laws.values())).confidence:.0%} bootstrap intervals "
+                  "over seeds)" if laws else "No arm has effective data to fit",
+                  ["arm", "fit", "points", "k", "α", "β"], rows,
+                  "Points: (N, D_F) cells in the low-data regime (D_F at most 10% of the largest D scratch was "
+                  "measured at) whose mean D_T over exact seeds is positive; a fit needs 4 or more over 2 or more "
+                  "model sizes and 3 or more D_F. Too few is said, not fitted.")
+    fits = [f"{arm}: α = {law.alpha:.2f}, β = {law.beta:.2f}" for arm, law in laws.items() if law.status == "fit"]
+    intro = [f"Model sizes N (non-embedding parameters): {', '.join(_tokens(n) for n in sizes)}, one per "
+             "data-size sweep in this report; pass sweeps at several model sizes to igpt-report together to fit "
+             "β. Hernandez et al. 2021 found k = 1.9e4, α = 0.18, β = 0.38 for English text to Python."
+             + (f" Fitted here: {'; '.join(fits)}." if fits else "")]
+    return Section("Scaling of effective data transferred across model sizes", intro, [table], charts, [])
