@@ -25,7 +25,7 @@ def test_config_loads_and_says_how_to_run_it(path):
     assert "--config configs/" in (path.read_text().split('"""')[1]), "the docstring shows the command"
 
 
-@pytest.mark.parametrize("path", [p for p in CONFIGS if "transfer" in p.name], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [p for p in CONFIGS if "transfer" in p.name or "sweep" in p.name], ids=lambda p: p.name)
 def test_experiment_arms_are_valid(path, tmp_path):
     c = _load(path)
     check_seeds(c)
