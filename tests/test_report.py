@@ -395,17 +395,28 @@ def test_html_renders_in_headless_chromium(report, tmp_path):
         assert (np.abs(rgb - colour).max(axis=1) < 16).sum() > 200, colour
 
 
-def test_a_tokenizer_run_beside_gpt_runs_is_left_out_with_a_note(tmp_path):
+def test_a_directory_mixing_training_transfer_and_tokenizer_runs_reports_each(tmp_path, monkeypatch):
     from igpt.transfer.report import headline
     gpt_run, vq_run = tmp_path / "runs" / "tiny", tmp_path / "runs" / "vq_audio"
-    write_run(gpt_run, {"role": "single"}, {"test": 1.0}, last_step=50)  # one eval point: drawn with a marker
+    write_run(gpt_run, {"role": "single", "params": 98944}, {"test": 1.0}, last_step=50)  # one eval: a marker
+    RunDir(gpt_run).write_config({"model": {"num_layers": 2, "width": 64}, "optim": {"lr": 0.01},
+                                  "train": {"steps": 200}, "data": {"source": "shipped:digits", "tokenizer": "gray:16"}})
     vq_run.mkdir(parents=True)
     (vq_run / "metrics.jsonl").write_text(json.dumps({"step": 10, "split": "eval", "loss": 0.1, "snr": 9.0}) + "\n")
-    summary = write_report([tmp_path / "runs"], tmp_path / "report")
-    assert [r["path"] for r in summary["single_runs"]] == [str(gpt_run.resolve())]
+    make_experiment(tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    summary = write_report(["runs"], tmp_path / "report", targets=[4.9, 2.0])
+    assert [r["label"] for r in summary["single_runs"]] == ["runs/tiny"]  # as the user wrote it
+    assert len(summary["experiments"]) == 1 and summary["experiments"][0]["headline"]
     assert len(summary["runs_left_out"]) == 1 and "vq_audio" in summary["runs_left_out"][0]
     assert "left out" in headline(summary, tmp_path / "report")
-    assert "vq_audio" in (tmp_path / "report" / "report.md").read_text()
+    md = (tmp_path / "report" / "report.md").read_text()
+    headings = [line for line in md.splitlines() if line.startswith("#")]
+    assert len(headings) == len(set(headings)), "no heading twice"
+    row = next(line for line in md.splitlines() if line.startswith("| runs/tiny "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1:8] == ["in progress", "2 x 64", "98,944", "0.01", "50 of 200", "shipped:digits", "gray:16"]
+    assert cells[-2] == "50" and cells[-1] == "not reached"  # its one eval, at step 50, is at 4.875 bits
 
 
 def _two_stage_experiment(root: Path, lr_seeds: list[int]) -> Path:

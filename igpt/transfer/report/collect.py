@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 from etils.epath import Path
 
 from igpt.paths import as_path, dirs_holding
@@ -40,6 +41,16 @@ class Run:
     test: Curve | None
     train: Curve | None
     one_split: bool
+    config: dict[str, Any] = field(default_factory=dict)  # config.json, {} without one
+    wall_seconds: float | None = None  # first record to last
+    tokens_per_s: float | None = None  # median over train records
+
+    def setting(self, dotted: str) -> Any:
+        """A config.json value by dotted key ("optim.lr"), None when absent."""
+        value: Any = self.config
+        for key in dotted.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        return value
 
     @property
     def status(self) -> str:
@@ -92,13 +103,18 @@ def read_run(path: Path, label: str) -> Run:
     records = read_metrics(path)
     validation, test = _curve_of(records, VALIDATION, path), _curve_of(records, TEST, path)
     one = _curve_of(records, ONE_SPLIT, path) if validation is None and test is None else None
-    return Run(path, label, RunDir(path).read_info(), validation or one, test or one,
-               _curve_of(records, "train", path), one is not None)
+    times = [r["wall_time"] for r in records if isinstance(r.get("wall_time"), (int, float))]
+    rates = [r["tokens_per_s"] for r in records if r["split"] == "train" and isinstance(r.get("tokens_per_s"), (int, float))]
+    run = RunDir(path)
+    return Run(path, label, run.read_info(), validation or one, test or one, _curve_of(records, "train", path),
+               one is not None, run.read_config() or {}, max(times) - min(times) if len(times) > 1 else None,
+               float(np.median(rates)) if rates else None)
 
 
-def read_runs(paths: Sequence[Path]) -> tuple[list[Run], list[str]]:
+def read_runs(paths: Sequence[Path], labels: dict[Path, str] | None = None) -> tuple[list[Run], list[str]]:
     """(the GPT runs among `paths`, "path: why" for each left out): a tokenizer-fitting run, or
-    metrics this report cannot read, is named and skipped, never the end of the report."""
+    metrics this report cannot read, is named and skipped, never the end of the report. A run is
+    labelled `labels[path]` (e.g. the path as the user typed it), else its full path."""
     runs, left_out = [], []
     for path in paths:
         task = RunDir(path).read_info().get("task", "gpt")
@@ -106,10 +122,23 @@ def read_runs(paths: Sequence[Path]) -> tuple[list[Run], list[str]]:
             left_out.append(f"{path}: a {task} run (run.json task), not a GPT run")
             continue
         try:
-            runs.append(read_run(path, str(path)))
+            runs.append(read_run(path, (labels or {}).get(path, str(path))))
         except ValueError as e:
             left_out.append(f"{path}: {e}")
     return runs, left_out
+
+
+def labels_as_given(inputs: Sequence[str | Path], dirs: Sequence[Path]) -> dict[Path, str]:
+    """Each dir named from the input it was found under, as the user wrote that input
+    ("runs/tiny" for a run found under "runs"), not as an absolute path."""
+    labels = {}
+    for d in dirs:
+        given = [str(p) for p in inputs if as_path(p) == d or as_path(p) in d.parents]
+        if given:
+            top = max(given, key=lambda p: len(as_path(p).parts))
+            rel = str(d.relative_to(as_path(top)))
+            labels[d] = top if rel == "." else f"{top.rstrip('/')}/{rel}"
+    return labels
 
 
 def discover(inputs: Sequence[Path]) -> tuple[dict[Path, list[Path]], list[Path]]:

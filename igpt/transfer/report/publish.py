@@ -20,7 +20,7 @@ from etils.epath import Path
 from igpt.paths import as_path, forget_listings, is_object_storage
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.report.analysis import Analysis, Headline, analyse
-from igpt.transfer.report.collect import Run, discover, read_experiment, read_runs
+from igpt.transfer.report.collect import Run, discover, labels_as_given, read_experiment, read_runs
 from igpt.transfer.report.data_sweep import analyse_sweep, scaling_laws
 from igpt.transfer.report.figures import experiment_charts, run_charts, scaling_chart, sweep_chart
 from igpt.transfer.report.render import (Section, experiment_section, render_html, render_md, runs_section,
@@ -175,9 +175,10 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
     if sweeps:
         sections.append(scaling_section(laws, list(sweeps.values()),
                                         [scaling_chart(list(sweeps.values()), laws, _slug("scaling", taken))]))
-    singles, unreadable = read_runs(single_dirs)
+    singles, unreadable = read_runs(single_dirs, labels_as_given(inputs, single_dirs))
     if singles or unreadable:
-        sections.append(runs_section(singles, run_charts(singles, _slug("runs", taken), log_x), unreadable))
+        sections.append(runs_section(singles, run_charts(singles, _slug("runs", taken), log_x), unreadable,
+                                     targets or []))
     summary = _summary(paths, analyses, singles, unreadable, sections)
     for entry in summary["experiments"]:
         sweep = sweeps.get(entry["dir"])

@@ -6,6 +6,7 @@ import html
 from dataclasses import dataclass, field
 from igpt.transfer.arms import SCRATCH
 from igpt.transfer.comparison import StepsToTarget
+from igpt.transfer.metrics import steps_to_loss
 from igpt.transfer.intervals import MIN_SEEDS_FOR_T, Bound, Estimate, Pooled, Speedup
 from igpt.transfer.report.analysis import Analysis, Headline
 from igpt.transfer.report.collect import Run
@@ -274,15 +275,42 @@ def experiment_section(a: Analysis, charts: list[Chart]) -> Section:
     return Section(f"{exp.name}: {question}", _intro(a), tables, charts, lists)
 
 
-def runs_section(runs: list[Run], charts: list[Chart], unreadable: list[str]) -> Section:
-    """Loose runs (no experiment): a status table, their curves, and the runs left out."""
-    table = Table("Runs", ["run", "status", "last step", "final test bits/token"],
-                  [[r.describe(), r.status, "" if r.last_step is None else str(r.last_step),
-                    "" if r.final_test_bits is None else f"{r.final_test_bits:.3f}"] for r in runs])
-    lists = [("Runs in progress", [r.describe() for r in runs if r.status == "in progress"]),
-             ("Runs with no metrics", [r.describe() for r in runs if r.status == "no metrics"]),
+def _model(run: Run) -> str:
+    layers, width = run.setting("model.num_layers"), run.setting("model.width")
+    return f"{layers} x {width}" if layers and width else ""
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
+def _optional(value, spec: str) -> str:
+    return "" if value is None else f"{value:{spec}}"
+
+
+def runs_section(runs: list[Run], charts: list[Chart], unreadable: list[str], targets: list[float]) -> Section:
+    """Loose runs (no experiment): what each is and how it went, the steps each took to the
+    `targets` (bits/token on test), their curves, and the runs left out."""
+    head = ["run", "status", "model", "parameters", "lr", "steps", "data", "tokenizer", "wall time", "tokens/s",
+            "final test bits/token"] + [f"steps to {t:g} bits" for t in targets]
+    rows = []
+    for r in runs:
+        total = r.setting("train.steps")
+        reach = [steps_to_loss(r.test.steps, r.test.losses, t) if r.test else None for t in targets]
+        rows.append([r.label, r.status, _model(r), _optional(r.info.get("params"), ","), _optional(r.setting("optim.lr"), "g"),
+                     "" if r.last_step is None else f"{r.last_step}" + (f" of {total}" if total else ""),
+                     str(r.setting("data.source") or ""), str(r.setting("data.tokenizer") or ""),
+                     _duration(r.wall_seconds), _optional(r.tokens_per_s, ",.0f"),
+                     _optional(r.final_test_bits, ".3f")] + ["not reached" if s is None else f"{s:,.0f}" for s in reach])
+    table = Table("What each run is, and how it went", head, rows,
+                  "Steps to a target: where the test curve first reaches it, interpolated between evals." if targets
+                  else "")
+    lists = [("Single runs in progress", [r.label for r in runs if r.status == "in progress"]),
+             ("Single runs with no metrics", [r.label for r in runs if r.status == "no metrics"]),
              ("Runs left out (not GPT runs this report can read)", unreadable)]
-    return Section("Runs", [], [table], charts, lists)
+    return Section("Runs outside experiments", [], [table], charts, lists)
 
 
 # ----------------------------------------------------------------------------- pages
