@@ -1,7 +1,16 @@
-"""One clear line instead of a traceback for the errors a user can fix."""
+"""One clear line instead of a traceback for the errors a user can fix.
+
+Every CLI runs its work under `fail_clearly()` (absl ones parse flags with `parse_flags_clearly`
+too): an error that comes from the user's input (config, paths, data, checkpoints) prints one
+line `igpt: error: ...` naming the problem and what to do, and exits 1; SIGTERM or Ctrl-C before
+or after the training steps prints one line and exits 128 + the signal number
+(igpt.training.preemption); any other error is a bug and shows its traceback. IGPT_TRACEBACK=1
+shows the traceback of user errors too.
+"""
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 
 from igpt.data.errors import DataError
@@ -9,15 +18,19 @@ from igpt.distributed import DistributedError
 from igpt.modalities import ModalityError
 from igpt.sharding import MeshError
 from igpt.tokenizers.base import TokenizerError
-from igpt.training.checkpoint import CheckpointMismatchError
+from igpt.training.checkpoint import CheckpointDamagedError, CheckpointMismatchError
 from igpt.training.loop import NonFiniteLossError, ResumeMismatchError, TrainConfigError
 from igpt.training.optim import OptimizerError
+from igpt.training.preemption import exit_outside_steps
 from igpt.training.rundir import WorkdirError
 from igpt.transfer.arms import TransferError
 
-USER_ERRORS = (CheckpointMismatchError, DataError, DistributedError, MeshError, ModalityError, TokenizerError,
-               NonFiniteLossError, ResumeMismatchError, TrainConfigError, OptimizerError, TransferError, WorkdirError,
-               FileNotFoundError)
+# A path the user gave that cannot be used as given (a file where a directory goes, no permission).
+PATH_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+USER_ERRORS = (CheckpointDamagedError, CheckpointMismatchError, DataError, DistributedError, MeshError, ModalityError,
+               TokenizerError, NonFiniteLossError, ResumeMismatchError, TrainConfigError, OptimizerError, TransferError,
+               WorkdirError, *PATH_ERRORS)
+TRACEBACK_ENV = "IGPT_TRACEBACK"  # set to 1: user errors show their traceback too
 
 
 def parse_flags_clearly(argv: list[str], flag_values=None) -> list[str]:
@@ -27,9 +40,10 @@ def parse_flags_clearly(argv: list[str], flag_values=None) -> list[str]:
     from absl import flags, logging
     values = flags.FLAGS if flag_values is None else flag_values
     try:
-        rest = values(argv)
-        if "config" in values and values["config"].present:
-            values["config"].value.to_dict  # a config file that failed to load raises here
+        with exit_outside_steps():  # loading a config file imports jax: seconds in which a SIGTERM may come
+            rest = values(argv)
+            if "config" in values and values["config"].present:
+                values["config"].value.to_dict  # a config file that failed to load raises here
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         overrides = [a for a in argv[1:] if a.startswith("--config.")]
         _exit(f"bad flag or config override ({_first_line(e).strip(chr(34))}); overrides given: "
@@ -58,11 +72,32 @@ def _exit(message: str) -> None:
     sys.exit(1)
 
 
+def describe(error: BaseException) -> str:
+    """The one line a user error prints: its message, or for a raw OS error on a path, the path,
+    what is wrong with it and what to do."""
+    if not isinstance(error, OSError) or isinstance(error, WorkdirError) or error.filename is None:
+        return str(error)
+    path = os.fsdecode(error.filename)
+    if isinstance(error, FileExistsError):
+        return f"{path} exists and is not a directory; give a directory path, or move the file away"
+    if isinstance(error, NotADirectoryError):
+        return f"a part of {path} is a file, not a directory; give a path below a directory"
+    if isinstance(error, IsADirectoryError):
+        return f"{path} is a directory where a file is needed; give a file path"
+    if isinstance(error, PermissionError):
+        return f"{path}: permission denied; choose a path you may write, or fix its permissions"
+    return f"{path}: {error.strerror or error}; check the path"
+
+
 @contextlib.contextmanager
 def fail_clearly():
-    """Turns a user-fixable error into `igpt: <message>` on stderr and exit status 1."""
+    """Turns a user-fixable error into `igpt: error: <message>` on stderr and exit status 1, and a
+    SIGTERM or Ctrl-C outside the training steps into one line and exit status 128 + signal."""
     try:
-        yield
+        with exit_outside_steps():
+            yield
     except USER_ERRORS as e:
-        print(f"igpt: error: {e}", file=sys.stderr)
+        if os.environ.get(TRACEBACK_ENV):
+            raise
+        print(f"igpt: error: {describe(e)}", file=sys.stderr)
         sys.exit(1)

@@ -20,6 +20,7 @@ from einops import rearrange
 
 GRID_COLUMNS = 8
 GRID_PIXELS = 96  # each cell is upscaled (nearest) to about this size so pixels stay visible
+IMAGE_KINDS = ("palette", "gray")  # the tokenizers this command fits without a config
 
 
 def comparison_grid(original: np.ndarray, reconstructed: np.ndarray, columns: int = GRID_COLUMNS) -> np.ndarray:
@@ -63,7 +64,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a.startswith(("--config", "--workdir")) for a in argv):
         return fit_vq(argv)
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="igpt-fit-tokenizer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", required=True, help="shipped:photos | shipped:digits | tfds:NAME")
     parser.add_argument("--tokenizer", required=True, help="palette:K or gray:LEVELS")
     parser.add_argument("--res", type=int, default=32, help="images are resized/centre-cropped to res x res")
@@ -72,6 +74,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_examples", type=int, default=0, help="cap on images read per split (0 = all)")
     args = parser.parse_args(argv)
 
+    from igpt.paths import as_path
+    from igpt.tokenizers.base import parse_spec
+    if parse_spec(args.tokenizer).kind not in IMAGE_KINDS:
+        parser.error(f"--tokenizer {args.tokenizer!r}: this fits an image tokenizer, palette:K or gray:LEVELS "
+                     "(a learned VQ one: --config configs/vq_images.py --workdir DIR).")
+    if args.res < 1 or args.max_examples < 0:
+        parser.error(f"need --res >= 1 and --max_examples >= 0 (got {args.res} and {args.max_examples}).")
+    if as_path(args.out).is_file():
+        parser.error(f"--out {args.out} is a file; give a directory (created if missing).")
+
+    from igpt.errors import fail_clearly
+    with fail_clearly():
+        fit_palette(args)
+
+
+def fit_palette(args: argparse.Namespace) -> None:
+    """Fits, measures and draws first; writes --out only once all of that worked, so a failed
+    command leaves no tokenizer behind."""
     from igpt.data import pipeline, specs
     from igpt.modalities.image import as_tokenizer_input, write_png
     from igpt.tokenizers.base import tokenizer_path
@@ -80,15 +100,19 @@ def main(argv: list[str] | None = None) -> None:
     data_cfg = specs.images(args.data, res=args.res, tokenizer=args.tokenizer, data_dir=args.data_dir,
                             max_examples=args.max_examples)
     tokenizer = pipeline.build_tokenizer(data_cfg)
-    out = tokenizer_path(args.out)
-    tokenizer.save(out)
-
     held_out = as_tokenizer_input(tokenizer.kind, pipeline.load_examples(data_cfg, data_cfg.test_split))
     reconstructed = tokenizer.decode(tokenizer.encode(held_out)).reshape(held_out.shape)
     # Spread the grid over the whole split so several held-out photos appear.
     shown = np.linspace(0, len(held_out) - 1, min(len(held_out), 4 * GRID_COLUMNS)).astype(int)
+    grid = comparison_grid(held_out[shown], reconstructed[shown])
+    out = tokenizer_path(args.out)
+    tokenizer.save(out)
     grid_path = out / "reconstructions.png"
-    write_png(grid_path, comparison_grid(held_out[shown], reconstructed[shown]))
+    write_png(grid_path, grid)
     print(f"{args.tokenizer} on {args.data} at {args.res}x{args.res}: held-out PSNR "
           f"{psnr(held_out, reconstructed):.2f} dB over {len(held_out)} {data_cfg.test_split} images; "
           f"vocab {tokenizer.vocab_size}; saved to {out}; grid {grid_path}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -46,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num < 1 or args.temperature < 0 or args.top_k < 0 or not 0.0 <= args.prompt_fraction < 1.0:
         parser.error("need --num >= 1, --temperature >= 0, --top_k >= 0 and 0 <= --prompt_fraction < 1.")
+    from igpt.paths import as_path, is_object_storage
+    if as_path(args.out).is_file():  # said now, not after the sampling
+        parser.error(f"--out {args.out} is a file; give a directory (created if missing).")
 
     import jax
     from flax import nnx
@@ -54,7 +57,6 @@ def main(argv: list[str] | None = None) -> int:
     from igpt.data import pipeline
     from igpt.errors import fail_clearly
     from igpt.sample import axis_rules, generate, load_run
-    from igpt.paths import as_path, is_object_storage
 
     with fail_clearly():
         mesh_cfg = sharding.mesh_config()

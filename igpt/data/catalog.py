@@ -2,7 +2,9 @@
 
 Reading goes through the prepared directory itself (`dataset_info.json`, `features.json` and the
 ArrayRecord shards), so neither the dataset's builder code nor a network is needed, and every
-way it can be missing is checked first and reported with the command that fixes it.
+way it can be missing or damaged (unreadable JSON, a shard missing, truncated or short of
+records, a record that does not read back) is reported naming the file and the command that
+fixes it.
 """
 from __future__ import annotations
 
@@ -69,6 +71,58 @@ def version_dir(spec: str, data_dir: str | Path) -> Path:
     return chosen[-1]
 
 
+def _damaged(spec: str, what: str, directory: Path) -> DataError:
+    """What to say of a prepared directory that is there but does not read."""
+    return DataError(f"tfds:{spec}: {what}; the prepared dataset in {directory} is damaged: prepare it again "
+                     f"(delete that directory, then `tfds build {parse_name(spec)[0]} --file_format=array_record` "
+                     "with --data_dir set to data.data_dir).")
+
+
+def _read_json(spec: str, path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:  # missing, unreadable, not JSON (JSONDecodeError, UnicodeDecodeError)
+        raise _damaged(spec, f"{path.name} does not read as JSON ({type(e).__name__}: {e})", path.parent) from e
+
+
+def check_shards(spec: str, directory: Path, info: dict, split: str) -> None:
+    """Each shard of the splits `split` reads from is there, whole (its footer reads), and holds
+    the records dataset_info.json counts: a truncated or missing shard is named here, not met as
+    a reader error half-way through loading."""
+    from array_record.python.array_record_module import ArrayRecordReader
+    for name in dict.fromkeys(re.sub(r"\[.*\]$", "", part.strip()) for part in split.split("+")):
+        (split_info,) = [s for s in info["splits"] if s["name"] == name]
+        for path, expected in zip(_shard_files(directory, info, name), split_info["shardLengths"]):
+            if not path.is_file():
+                raise _damaged(spec, f"shard {path.name} of split {name!r} is missing", directory)
+            try:
+                reader = ArrayRecordReader(str(path))
+                found = reader.num_records() if reader.ok() else 0
+                reader.close()
+            except RuntimeError as e:  # "Corrupted Riegeli/records file: ... Failed to read RiegeliPostscript"
+                raise _damaged(spec, f"shard {path.name} does not open ({str(e).splitlines()[0][:200]})",
+                               directory) from e
+            if found != int(expected):
+                raise _damaged(spec, f"shard {path.name} holds {found} of its {expected} records", directory)
+
+
+class _Checked(Sequence):
+    """A data source whose read errors (a record that fails its checksum) name the dataset."""
+
+    def __init__(self, source: Sequence, spec: str, directory: Path):
+        self._source, self._spec, self._directory = source, spec, directory
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self._source[index]
+        except RuntimeError as e:  # array_record's "Corrupted Riegeli/records file: ..."
+            raise _damaged(self._spec, f"record {index} does not read ({str(e).splitlines()[0][:200]})",
+                           self._directory) from e
+
+
 def _check_format_and_split(spec: str, directory: Path, info: dict, split: str) -> None:
     formats = [info.get("fileFormat", "tfrecord"), *info.get("alternativeFileFormats", [])]
     if "array_record" not in formats:
@@ -118,9 +172,10 @@ def _shard_files(directory: Path, info: dict, split: str) -> list[Path]:
 def open_split(spec: str, split: str, data_dir: str | Path, key: str) -> tuple[Sequence[Any], int]:
     """Feature `key` of `split` as a random-access sequence, and its sample rate (0 if not audio)."""
     directory = version_dir(spec, data_dir)
-    info = json.loads((directory / "dataset_info.json").read_text())
+    info = _read_json(spec, directory / "dataset_info.json")
     _check_format_and_split(spec, directory, info, split)
-    features = json.loads((directory / "features.json").read_text())["featuresDict"]["features"]
+    check_shards(spec, directory, info, split)
+    features = _read_json(spec, directory / "features.json")["featuresDict"]["features"]
     if key not in features:
         raise DataError(f"tfds:{spec} has no feature {key!r} (features: {sorted(features)}); "
                         "set data.feature to one of them.")
@@ -133,7 +188,7 @@ def open_split(spec: str, split: str, data_dir: str | Path, key: str) -> tuple[S
             raise DataError(f"split {split!r} of tfds:{spec}: split slicing is not supported for audio; "
                             "use a whole split and data.max_examples.")
         files = _shard_files(directory, info, split)
-        return _RawAudio(files, key, np.dtype(audio["dtype"])), int(audio.get("sampleRate", 0))
+        return _Checked(_RawAudio(files, key, np.dtype(audio["dtype"])), spec, directory), int(audio.get("sampleRate", 0))
     import tensorflow_datasets as tfds
     builder = tfds.builder_from_directory(str(directory))
     try:
@@ -144,4 +199,4 @@ def open_split(spec: str, split: str, data_dir: str | Path, key: str) -> tuple[S
     if count == 0:
         raise DataError(f"split {split!r} of tfds:{spec} in {directory} has no examples; choose a split or "
                         "slice that selects some (data.train_split / data.test_split).")
-    return Column(builder.as_data_source(split=split, file_format="array_record"), key), 0
+    return Column(_Checked(builder.as_data_source(split=split, file_format="array_record"), spec, directory), key), 0

@@ -27,7 +27,7 @@ from flax import nnx
 from igpt import distributed, sharding
 from igpt.training import optim
 from igpt.training.cadence import due
-from igpt.training.checkpoint import CheckpointMismatchError, Checkpointer
+from igpt.training.checkpoint import CheckpointDamagedError, Checkpointer, damage_reason
 from igpt.training.early_stopping import EarlyStopping
 from igpt.training.metrics import MetricsWriter, read_metrics
 from igpt.training.preemption import PreemptionFlag
@@ -175,13 +175,27 @@ def with_lr(train_step: Callable, schedule: optax.Schedule) -> Callable:
     return step
 
 
-def check_train(t: ml_collections.ConfigDict) -> None:
-    """One line per setting out of range, before any work."""
-    problems = [f"train.{k}={t[k]} must be at least {low}" for k, low in
-                (("steps", 1), ("global_batch", 1), ("log_every", 1), ("eval_every", 1), ("checkpoint_every", 1),
-                 ("keep_checkpoints", 1), ("preemption_check_every", 1), ("patience", 0)) if t[k] < low]
+def train_problems(t: ml_collections.ConfigDict) -> list[str]:
+    """Each train setting out of range, in a line of its own."""
+    return [f"train.{k}={t[k]} must be at least {low}." for k, low in
+            (("steps", 1), ("global_batch", 1), ("log_every", 1), ("eval_every", 1), ("checkpoint_every", 1),
+             ("keep_checkpoints", 1), ("preemption_check_every", 1), ("patience", 0)) if t[k] < low]
+
+
+def check_config(task: Task) -> None:
+    """Refuses a config no run can use before any work (no workdir, data or compile yet): the
+    loop's, the optimizer's and the task's checks all run, and every problem found gets a line."""
+    cfg = task.cfg
+    problems = [TrainConfigError(p) for p in train_problems(cfg.train)]
+    for check in (lambda: optim.check(cfg.optim, task.optimizers), task.check):
+        try:
+            check()
+        except ValueError as e:
+            problems.append(e)
+    if len(problems) == 1:
+        raise problems[0]
     if problems:
-        raise TrainConfigError("; ".join(problems) + ".")
+        raise TrainConfigError(f"{len(problems)} settings to fix:\n  " + "\n  ".join(map(str, problems)))
 
 
 def check_resume(run: RunDir, cfg: ml_collections.ConfigDict) -> tuple[dict[str, Any], list[str]]:
@@ -210,31 +224,35 @@ def check_meta(run: RunDir, step: int, saved: dict[str, Any], expected: dict[str
 
 def restore_newest_intact(ckpt: Checkpointer, run_dir: RunDir, abstract_state: Any, meta: dict[str, Any],
                           is_main: bool) -> tuple[int | None, Any]:
-    """(step, state) of the newest checkpoint that reads back whole, or (None, None). A damaged
-    one (truncated arrays, garbage metadata) is set aside as STEP.damaged, said, and the next
-    newest tried; a checkpoint of another run (meta or shapes) is refused, not set aside."""
+    """(step, state) of the newest checkpoint that reads back as it was saved, or (None, None) when
+    there is none. Newer ones that fail (truncated arrays, garbage metadata, changed bytes) are set
+    aside as STEP.damaged (kept, never deleted) and named, once an older one restored; when none
+    restores, nothing is moved and the failures are raised in one line. A checkpoint of another
+    run (meta or shapes) is refused, not set aside."""
+    damaged: list[tuple[int, CheckpointDamagedError]] = []
     for step in ckpt.steps():
         try:
-            saved_meta = ckpt.read_meta(step)
-        except Exception as e:  # noqa: BLE001 - any failure to read it back means damage
-            _damaged(ckpt, step, e, is_main)
+            check_meta(run_dir, step, ckpt.read_meta(step), meta)
+            state = ckpt.restore(step, abstract_state)[0]
+        except CheckpointDamagedError as e:
+            damaged.append((step, e))
             continue
-        check_meta(run_dir, step, saved_meta, meta)
-        try:
-            return step, ckpt.restore(step, abstract_state)[0]
-        except CheckpointMismatchError:
-            raise
-        except Exception as e:  # noqa: BLE001
-            _damaged(ckpt, step, e, is_main)
+        for bad, error in damaged:
+            _set_aside(ckpt, bad, error, is_main, step)
+        return step, state
+    if damaged:
+        raise CheckpointDamagedError(
+            str(ckpt.directory), "; ".join(f"step {step}: {damage_reason(e)}" for step, e in damaged),
+            "no checkpoint in it reads back and nothing was moved; to start over, move it aside or use a fresh "
+            "--workdir")
     return None, None
 
 
-def _damaged(ckpt: Checkpointer, step: int, error: Exception, is_main: bool) -> None:
-    reason = str(error).strip().splitlines()[0][:300] if str(error).strip() else type(error).__name__
+def _set_aside(ckpt: Checkpointer, step: int, error: CheckpointDamagedError, is_main: bool, intact: int) -> None:
     if is_main:
         aside = ckpt.set_aside(step)
-        print(f"checkpoint {step} is damaged ({type(error).__name__}: {reason}); kept as {aside.name}, "
-              "falling back to the newest intact one.", flush=True)
+        print(f"checkpoint {step} is damaged ({damage_reason(error)}); kept as {aside.name}, "
+              f"falling back to the newest intact one (step {intact}).", flush=True)
 
 
 def _validation_loss(evals: dict[str, dict[str, float]]) -> float:
@@ -256,9 +274,7 @@ def _check_finite(step: int, metrics: dict[str, float]) -> None:
 def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outcome:
     """Trains (or resumes) `task` in `workdir`. `info` (e.g. an experiment's arm and seed) joins run.json."""
     cfg, t = task.cfg, task.cfg.train
-    check_train(t)
-    optim.check(cfg.optim, task.optimizers)
-    task.check()
+    check_config(task)
     distributed.maybe_initialize(cfg.distributed)
     sharding.check_rules(cfg.axis_rules)
     mesh = sharding.make_mesh(cfg.mesh)
@@ -285,6 +301,8 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
                 run_dir.write_config(config_json)
             elif start is not None and changed:
                 write_json_atomic(run_dir.resumed_config(start), config_json)
+            elif start is not None:  # a failed attempt's accepted changes no longer describe this run
+                run_dir.resumed_config(start).unlink(missing_ok=True)
             run_dir.update_info(**(info or {}), **task.run_info(), task=task.kind, status="running", step=start or 0,
                                 steps=t.steps,
                                 schedule=cfg.optim.schedule,

@@ -12,7 +12,9 @@ once.
 
 Where it lives decides how it is written, never what it holds (one file, so a copied run is a
 copied file):
-  local disk       appended to, one line at a time (a reader sees a live run at once);
+  local disk       appended to, one line at a time (a reader sees a live run at once), synced
+                   to disk on flush(); a torn last line (a run killed mid-write) is ended before
+                   the next record, so the tear never swallows it;
   object storage   (gs://) an object cannot be appended to (gcsfs's "a" silently overwrites),
                    so the writer keeps the whole file, read once when it opens (a resumed run
                    keeps its history), and rewrites the object on each flush: at most every
@@ -85,9 +87,11 @@ class MetricsWriter:
                 self.flush()
 
     def flush(self) -> None:
-        """Makes every record written so far visible to readers (and durable)."""
+        """Makes every record written so far visible to readers, and durable: the loop flushes with
+        each checkpoint, so a crash (power, kernel) cannot keep a checkpoint and lose its records."""
         if self._file is not None:
             self._file.flush()
+            os.fsync(self._file.fileno())
         elif self._text is not None and self._unflushed:
             self._text = ["".join(self._text)]
             self.path.write_text(self._text[0])

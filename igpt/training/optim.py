@@ -13,6 +13,7 @@ Weights a task freezes get no update.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -45,6 +46,8 @@ def optim_config(name: str = "adamw", lr: float = 3e-4, warmup_steps: int = 100,
 def check(o: ml_collections.ConfigDict, allowed: tuple[str, ...]) -> None:
     if o.name not in allowed:
         raise OptimizerError(f"optim.name {o.name!r} is unknown; use one of {allowed}.")
+    if not (math.isfinite(o.lr) and o.lr >= 0 and o.warmup_steps >= 0):
+        raise OptimizerError(f"optim.lr={o.lr} and optim.warmup_steps={o.warmup_steps} must be finite and >= 0.")
     if o.schedule not in SCHEDULES:
         raise OptimizerError(f"optim.schedule {o.schedule!r} is unknown; use one of {SCHEDULES}.")
     if not 0.0 < o.decay_fraction <= 1.0:
