@@ -15,5 +15,5 @@ profile=$(mktemp -d)
 trap 'rm -rf "$profile"' EXIT
 chromium --headless --no-sandbox --disable-gpu --disable-quic --no-first-run \
   --disable-background-networking --disable-component-update --disable-sync \
-  --user-data-dir="$profile" --screenshot="$out" --window-size=1200,1600 "file://$html"
+  --user-data-dir="$profile" --screenshot="$out" --window-size=${WINDOW:-1200,1600} "file://$html"
 [ -s "$out" ] || { echo "$0: chromium wrote no screenshot to $out" >&2; exit 1; }

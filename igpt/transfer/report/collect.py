@@ -117,14 +117,15 @@ def read_runs(paths: Sequence[Path], labels: dict[Path, str] | None = None) -> t
     labelled `labels[path]` (e.g. the path as the user typed it), else its full path."""
     runs, left_out = [], []
     for path in paths:
+        label = (labels or {}).get(path, str(path))
         task = RunDir(path).read_info().get("task", "gpt")
         if task != "gpt":
-            left_out.append(f"{path}: a {task} run (run.json task), not a GPT run")
+            left_out.append(f"{label}: a {task} run (run.json task), not a GPT run")
             continue
         try:
-            runs.append(read_run(path, (labels or {}).get(path, str(path))))
+            runs.append(read_run(path, label))
         except ValueError as e:
-            left_out.append(f"{path}: {e}")
+            left_out.append(f"{label}: {e}")
     return runs, left_out
 
 
