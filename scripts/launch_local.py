@@ -7,8 +7,11 @@
 Copy K gets IGPT_COORDINATOR_ADDRESS=127.0.0.1:<free port>, IGPT_NUM_PROCESSES=N,
 IGPT_PROCESS_ID=K and IGPT_LOCAL_DEVICE_COUNT=<devices>, which
 igpt.distributed.maybe_initialize reads (c.distributed.initialize=auto). Its output lines
-come out prefixed `[pK] `. SIGINT and SIGTERM go to every copy; when one copy fails the
-others are stopped and the launcher exits with the failed copy's status.
+come out prefixed `[pK] `. SIGINT and SIGTERM go to every copy, which get SAVE_GRACE_S to save
+and exit (a second signal stops the wait); the launcher then exits 0 when every copy exited 0
+(a trainer saves and exits 0), else with the first failed copy's status, or 128 + the signal
+when copies had to be killed. When one copy fails the others are stopped and the launcher
+exits with the failed copy's status.
 `--dry-run` prints the exact commands with their environment and exits 0.
 Meant for CPU runs and tests of multi-host code: on a GPU machine every copy would see
 every GPU, so use one process there (or SLURM).
@@ -30,6 +33,7 @@ from igpt import distributed
 from igpt.launch import NO_COMMAND, shell_line, split_command
 
 GRACE_S = 10.0  # how long stopped copies get to exit before SIGKILL
+SAVE_GRACE_S = 300.0  # how long copies get to checkpoint and exit after a forwarded SIGINT / SIGTERM
 
 
 def free_port() -> int:
@@ -90,11 +94,23 @@ def run(command: Sequence[str], envs: Sequence[dict[str, str]]) -> int:
     return status
 
 
+def status_after_signal(returncodes: Sequence[int | None], signum: int) -> int:
+    """The launcher's exit status once `signum` was forwarded: 0 when every copy exited 0 (they
+    saved and stopped), the first failed copy's status, or 128 + signum when some still ran."""
+    failed = [exit_status(code) for code in returncodes if code not in (None, 0)]
+    if failed:
+        return failed[0]
+    return 128 + signum if None in returncodes else 0
+
+
 def _supervise(procs: list[subprocess.Popen], received: list[int]) -> int:
     while True:
-        if received:  # already forwarded: give the copies the grace period to finish
-            _wait_all(procs, GRACE_S)
-            return 128 + received[0]
+        if received:  # already forwarded: the copies save and exit; a second signal stops waiting
+            deadline = time.monotonic() + SAVE_GRACE_S
+            while (any(p.poll() is None for p in procs) and len(received) == 1
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
+            return status_after_signal([p.poll() for p in procs], received[0])
         codes = [p.poll() for p in procs]
         for k, code in enumerate(codes):
             if code not in (None, 0):

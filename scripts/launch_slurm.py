@@ -14,6 +14,12 @@ so every task sees its node's GPUs under their usual numbers. The command gets
 `--config.distributed.initialize=cluster`, and `srun --kill-on-bad-exit=1` ends the job
 when one task fails. The script goes to --script (default slurm/JOB_NAME.sbatch) and is
 submitted from the current directory; `--dry-run` prints the script and the sbatch command.
+
+Preemption: `--signal=TERM@GRACE` has SLURM send SIGTERM to every task GRACE seconds (--grace)
+before the time limit, so each trainer saves and exits 0; `--requeue` puts a preempted job back
+in the queue, and the requeued job resumes from that checkpoint (same command, same workdir).
+The job's output goes to --output (default slurm/%x-%j.out: job name and id), appended to on
+a requeue.
 """
 from __future__ import annotations
 
@@ -28,13 +34,19 @@ from typing import Sequence
 from igpt.launch import NO_COMMAND, split_command, with_cluster_init
 
 
+DEFAULT_OUTPUT = "slurm/%x-%j.out"
+DEFAULT_GRACE_S = 120  # a checkpoint of a large model to shared storage can take a minute
+
+
 def sbatch_script(command: Sequence[str], nodes: int, gpus_per_node: int, job_name: str,
                   time: str, partition: str | None = None, account: str | None = None,
-                  cpus_per_task: int | None = None, setup: Sequence[str] = ()) -> str:
+                  cpus_per_task: int | None = None, setup: Sequence[str] = (),
+                  output: str = DEFAULT_OUTPUT, grace_s: int = DEFAULT_GRACE_S) -> str:
     """The batch script text: SBATCH header, setup lines, then the srun line."""
     header = [f"--job-name={job_name}", f"--nodes={nodes}",
               f"--ntasks-per-node={gpus_per_node}", f"--gres=gpu:{gpus_per_node}",
-              f"--time={time}"]
+              f"--time={time}", f"--output={output}", "--open-mode=append",
+              f"--signal=TERM@{grace_s}", "--requeue"]
     header += [f"--partition={partition}"] if partition else []
     header += [f"--account={account}"] if account else []
     header += [f"--cpus-per-task={cpus_per_task}"] if cpus_per_task else []
@@ -61,6 +73,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cpus-per-task", type=int, default=None)
     parser.add_argument("--setup", action="append", default=[],
                         help="shell line run before srun (repeatable), e.g. a venv activation")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT,
+                        help="the job's log (sbatch patterns: %%x job name, %%j job id)")
+    parser.add_argument("--grace", type=int, default=DEFAULT_GRACE_S,
+                        help="seconds before the time limit at which the tasks get SIGTERM to save")
     parser.add_argument("--script", default=None, help="where to write the script")
     parser.add_argument("--dry-run", action="store_true")
     options, command = split_command(sys.argv[1:] if argv is None else argv)
@@ -69,8 +85,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(NO_COMMAND)
     if args.nodes < 1 or args.gpus_per_node < 1:
         parser.error("--nodes and --gpus-per-node must be at least 1")
+    if args.grace < 1:
+        parser.error("--grace must be at least 1 second")
     text = sbatch_script(command, args.nodes, args.gpus_per_node, args.job_name, args.time,
-                         args.partition, args.account, args.cpus_per_task, args.setup)
+                         args.partition, args.account, args.cpus_per_task, args.setup,
+                         args.output, args.grace)
     path = Path(args.script or f"slurm/{args.job_name}.sbatch")
     if args.dry_run:
         print(text, end="")
@@ -80,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("sbatch not found: run this on the cluster's login node, or use --dry-run "
                      "to see the script.")
     path.parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)  # sbatch does not create it
     path.write_text(text)
     return subprocess.run(["sbatch", str(path)]).returncode
 
