@@ -260,11 +260,10 @@ def test_a_bad_vq_config_is_one_line_in_fit_tokenizer(tmp_path, capsys, bad_conf
 
 
 @pytest.fixture(scope="module")
-def digits_version_dir(tmp_path_factory):
+def digits_version_dir(data_dir):
     """A prepared TFDS dataset (the shipped digits' ArrayRecord files) to damage copies of."""
-    data_dir = tmp_path_factory.mktemp("tfds")
     shipped.prepared_builder("digits", data_dir)
-    return data_dir / "shipped_digits" / "1.0.0"
+    return Path(data_dir) / "shipped_digits" / "1.0.0"
 
 
 def _shard(d: Path) -> Path:
@@ -440,7 +439,8 @@ def test_soak_random_sigkills_including_mid_save_resume_bitwise(tmp_path, data_d
                 time.sleep(rng.uniform(0.0, 0.05))
                 break
             time.sleep(0.002)
-        assert proc.poll() is None, f"the run ended before kill {len(kills) + 1} ({when}); kills so far: {kills}"
+        assert proc.poll() is None, (f"the run ended before kill {len(kills) + 1} ({when}); kills so far: {kills}; "
+                                     f"{proc.stderr.read()[-3000:]}")
         proc.kill()
         proc.wait()
         kills.append((when, _last_logged_step(workdir), committed_steps(workdir)))
