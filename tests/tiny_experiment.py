@@ -6,6 +6,7 @@ random pixels as 256 gray levels: uniformly random tokens, another vocabulary, s
 body is carried over: nothing to transfer). Sources train at lr 2e-3: at 1e-2, Adam on pure
 noise gradients random-walks the body weights to several times their init scale, and the
 noise arm shows real negative transfer (0.4x measured), not a neutral control.
+The "donors" variant starts from the shipped prose donor instead (nothing pretrained here).
 """
 import ml_collections
 
@@ -18,7 +19,9 @@ from igpt.transfer.experiment import experiment_config
 
 def get_config(data_dir: str = "~/.cache/igpt/tfds", variant: str = "planted"):
     """variant "planted": the two planted arms at one rate, 3 seeds (the machinery); "controls":
-    every control arm beside digits/full, 5 seeds, a 3-rate grid and fixed targets (a claim)."""
+    every control arm beside digits/full, 5 seeds, a 3-rate grid and fixed targets (a claim);
+    "donors": the shipped prose donor through full, bridge, partial bridge (block 1 only) and
+    grow_vocab arms, 2 seeds at one rate."""
     c = experiment_config()
     c.name = "tiny digits transfer"
     c.model = model_config("nano")
@@ -43,4 +46,11 @@ def get_config(data_dir: str = "~/.cache/igpt/tfds", variant: str = "planted"):
         c.seeds = (0, 1, 2, 3, 4)
         c.lrs = (3e-3, 1e-2, 3e-2)
         c.report.targets = (2.6, 2.5)
+    if variant == "donors":
+        c.sources = ml_collections.ConfigDict(dict(prose="shipped:prose"))
+        c.arms = (SCRATCH, "prose/full", "prose/bridge", "prose/bridge=1", "prose/grow_vocab")
+        c.seeds = (0, 1)
+        c.bridge.steps, c.bridge.lr = 30, 3e-3
+        c.target.train.steps = 40
+        c.target.train.eval_every = 10
     return c

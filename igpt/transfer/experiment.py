@@ -1,6 +1,11 @@
-"""A transfer experiment: pretrain each source, run every arm on the target for every seed
-and learning rate, then write the report. Resumable as a whole: finished runs are skipped
-and unfinished ones resume from their own checkpoints.
+"""A transfer experiment: pretrain each source (or take a ready donor), bridge the arms that
+ask for it, run every arm on the target for every seed and learning rate, then write the
+report. Resumable as a whole: finished runs are skipped and unfinished ones resume from their
+own checkpoints.
+
+A source is a data spec (igpt.data.specs), pretrained here with `source`'s optim and train, or
+a donor string used as it is: "shipped:prose" (igpt.transfer.donors.shipped), "hf:DIR", or an
+igpt run directory.
 
 With `lr_seeds`, the target runs come in two stages: every arm runs every rate on lr_seeds,
 each arm's rate is chosen on their validation curves (the report's own choose_rates), then the
@@ -9,6 +14,8 @@ other seeds (and scratch's held-out seeds) run at the chosen rate only.
 Layout (igpt.transfer.report reads it; igpt/training/rundir.py names each run's files):
   EXP/experiment.json                 what was asked, and whether it is complete
   EXP/sources/<source>/               pretraining runs
+  EXP/bridges/<arm>/                  a bridge arm's random-label bridge run (igpt.transfer.bridge), one
+                                      per arm, shared by its seeds and rates as its source is
   EXP/target_tokenizer/               fitted once on the target's train split, shared by all arms
   EXP/target/<arm>/lr<lr>/seed<k>/    target runs; arm "scratch" is the baseline, others are
                                       "<source>/<mode>", in directory Arm.dirname ("prose__full");
@@ -30,13 +37,15 @@ from igpt.data import pipeline
 from igpt.gpt import base_config, optim_config, train, train_config
 from igpt.paths import as_path, is_object_storage, local_cache
 from igpt.training.rundir import RunDir, write_json_atomic
+from igpt.transfer import bridge
 from igpt.transfer import init as transfer_init
 from igpt.transfer import workers
-from igpt.transfer.arms import SCRATCH, Arm, TransferError, parse_arm
+from igpt.transfer.arms import BRIDGE, SCRATCH, Arm, TransferError, parse_arm
 from igpt.transfer.report.analysis import choose_rates
 from igpt.transfer.report.collect import discover, read_experiment
 
 TARGET_TOKENIZER = "target_tokenizer"
+BRIDGES = "bridges"
 COMPILATION_CACHE = ".jax_cache"  # compiled programs every run of the experiment shares
 
 
@@ -56,11 +65,14 @@ def experiment_config() -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(dict(
         name="experiment",
         model=ml_collections.ConfigDict(),      # one body shape for sources and target
-        sources=ml_collections.ConfigDict(),    # name -> data spec (igpt.data.specs)
+        sources=ml_collections.ConfigDict(),    # name -> data spec (igpt.data.specs), or a donor: "shipped:NAME",
+                                                # "hf:DIR", an igpt run directory
         source=ml_collections.ConfigDict(dict(optim=optim_config(), train=train_config())),
         target=ml_collections.ConfigDict(dict(data=ml_collections.ConfigDict(), optim=optim_config(),
                                               train=train_config())),
         arms=(SCRATCH,),                        # "scratch" | "<source>/full" | "<source>/frozen_body" | "<source>/layers=0,1"
+                                                # | "<source>/bridge" | "<source>/bridge=0-1" (igpt.transfer.arms)
+        bridge=bridge.bridge_config(),          # the bridge arms' stage: steps, classes, lr, batch, warm-up, label seed
         seeds=(0, 1, 2, 3, 4),                  # the seeds every arm runs and the report compares
         heldout_seeds=(),                       # seeds only scratch runs: the report fixes its targets on them
         lrs=(1e-4, 3e-4, 1e-3),                 # target learning-rate grid, run for every arm
@@ -88,18 +100,49 @@ def _run_config(c, template: ml_collections.ConfigDict, data: ml_collections.Con
     return cfg
 
 
+RunSpecs = dict[str, tuple[ml_collections.ConfigDict, dict[str, Any]]]  # relative run dir -> (config, run.json info)
+
+
+def is_donor(source: Any) -> bool:
+    """A source given as a ready donor (a string), not as data to pretrain on."""
+    return isinstance(source, str)
+
+
 def source_runs(c) -> dict[str, ml_collections.ConfigDict]:
-    """Source run name -> config: each source an arm starts from (a shuffled_source arm's
-    source pretrains as a token-shuffled twin)."""
+    """Source run name -> config: each source given as data that an arm starts from (a
+    shuffled_source arm's source pretrains as a token-shuffled twin)."""
     runs = {}
     for arm in _arms(c):
-        if arm.source:
+        if arm.source and not is_donor(c.sources[arm.source]):
             runs[arm.source_run] = _run_config(c, c.source, c.sources[arm.source], seed=0)
             runs[arm.source_run].train.shuffle_tokens = arm.mode == "shuffled_source"
     return runs
 
 
-RunSpecs = dict[str, tuple[ml_collections.ConfigDict, dict[str, Any]]]  # relative run dir -> (config, run.json info)
+def donor(c, exp_dir: Path, arm: Arm) -> str:
+    """What the arm's first run starts from: the source's donor string, or its pretraining run."""
+    given = c.sources[arm.source]
+    return given if is_donor(given) else str(exp_dir / "sources" / arm.source_run)
+
+
+def bridge_runs(c, exp_dir: Path) -> RunSpecs:
+    """Each bridge arm's bridge run: the source's model on the target's inputs (the experiment's
+    target tokenizer) with random labels, at seed 0, every block or the arm's blocks trained."""
+    runs: RunSpecs = {}
+    b = c.bridge
+    for arm in _arms(c):
+        if arm.mode != BRIDGE:
+            continue
+        template = ml_collections.ConfigDict(dict(
+            optim=optim_config(lr=b.lr, warmup_steps=b.warmup_steps), train=ml_collections.ConfigDict(dict(
+                c.target.train.to_dict(), steps=b.steps, global_batch=b.global_batch, patience=0))))
+        cfg = _run_config(c, template, c.target.data, seed=0)
+        cfg.bridge = bridge.task_section(b.classes, arm.layers, b.label_seed)
+        cfg.data.tokenizer = str(exp_dir / TARGET_TOKENIZER)
+        cfg.init = transfer_init.init_config("full", donor(c, exp_dir, arm), (), c.positions)
+        runs[f"{BRIDGES}/{arm.dirname}"] = (cfg, {"role": "bridge", "arm": arm.name, "seed": 0, "lr": b.lr,
+                                                 "mode": BRIDGE, "source": arm.source})
+    return runs
 
 
 def _target_run(c, exp_dir: Path, arm: Arm, lr: float, seed: int, size: int) -> RunSpecs:
@@ -108,8 +151,11 @@ def _target_run(c, exp_dir: Path, arm: Arm, lr: float, seed: int, size: int) -> 
     cfg.data.tokenizer = str(exp_dir / TARGET_TOKENIZER)  # one tokenizer for every arm
     cfg.data.train_examples = size
     cfg.optim.lr = lr
-    cfg.init = transfer_init.init_config(
-        arm.mode, str(exp_dir / "sources" / arm.source_run) if arm.source else "", arm.layers, c.positions)
+    if arm.mode == BRIDGE:  # the bridged model, all of it trained, as "full" trains a source's
+        cfg.init = transfer_init.init_config("full", str(exp_dir / BRIDGES / arm.dirname), (), c.positions)
+    else:
+        cfg.init = transfer_init.init_config(arm.mode, donor(c, exp_dir, arm) if arm.source else "", arm.layers,
+                                             c.positions)
     at = f"n{size}/" if size else ""
     return {f"target/{arm.dirname}/{at}lr{lr:g}/seed{seed}": (cfg, {
         "role": "target", "arm": arm.name, "seed": seed, "lr": lr, "mode": arm.mode, "source": arm.source,
@@ -129,6 +175,15 @@ def sizes(c, arm: Arm) -> tuple[int, ...]:
     """The train-set sizes (examples) the arm runs at: the whole split (0) unless the
     experiment sweeps data sizes, where scratch also runs the larger `scratch_sizes`."""
     return tuple(c.target_sizes) + (tuple(c.scratch_sizes) if arm.mode == SCRATCH else ()) or (0,)
+
+
+def check_sources(c) -> None:
+    """A token-shuffled twin needs the source's data: a donor given ready has none."""
+    for arm in _arms(c):
+        if arm.mode == "shuffled_source" and is_donor(c.sources[arm.source]):
+            raise TransferError(f"arm {arm.name!r} pretrains a token-shuffled twin of {arm.source!r}, which is given as "
+                                f"the donor {c.sources[arm.source]!r}, not as data; give the source as a data spec "
+                                "(igpt.data.specs) or drop the arm.")
 
 
 def check_seeds(c) -> None:
@@ -180,14 +235,18 @@ def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
     info = {"name": c.name, "target": c.target.data.source, "sources": list(c.sources), "arms": list(c.arms),
             "seeds": list(c.seeds), "heldout_seeds": list(c.heldout_seeds), "lr_seeds": list(c.lr_seeds),
             "lrs": list(c.lrs), "target_sizes": list(c.target_sizes), "scratch_sizes": list(c.scratch_sizes),
+            "donors": {name: source for name, source in c.sources.items() if is_donor(source)},
+            "bridge": c.bridge.to_dict() if any(a.mode == BRIDGE for a in _arms(c)) else None,
             "complete": complete}
     write_json_atomic(exp_dir / "experiment.json", info)
 
 
 def train_once(cfg: ml_collections.ConfigDict, run_dir: Path, info: dict[str, Any], log=print) -> None:
-    """Trains (or resumes) one run of an experiment; stops the experiment if it was preempted."""
+    """Trains (or resumes) one run of an experiment (a bridge run by its task, every other run
+    as GPT); stops the experiment if it was preempted."""
     log(f"training {run_dir}")
-    if train(cfg, run_dir, info=dict(info, name=run_dir.name)).preempted:
+    trainer = bridge.train if info.get("role") == "bridge" else train
+    if trainer(cfg, run_dir, info=dict(info, name=run_dir.name)).preempted:
         raise SystemExit(f"preempted during {run_dir}; rerun the same command to resume the experiment.")
 
 
@@ -220,16 +279,23 @@ def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print)
     distributed.maybe_initialize(c.distributed)
     check_seeds(c)
     sweep = sweep_runs(c, exp_dir)  # validates every arm before any training
+    check_sources(c)
     if c.workers > 1:
         workers.check(c.workers)
     _write_experiment(exp_dir, c, complete=False)
     pipeline.build_tokenizer(c.target.data, cache_dir=exp_dir / TARGET_TOKENIZER)
     jax.config.update("jax_compilation_cache_dir", compilation_cache(exp_dir))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    log(f"sources: {', '.join(source_runs(c))}")
+    given = [f"{name} ({source})" for name, source in c.sources.items() if is_donor(source)]
+    log(f"sources: {', '.join(source_runs(c)) or 'none to pretrain'}" + (f"; donors given: {', '.join(given)}"
+                                                                         if given else ""))
     _train_all({f"sources/{name}": (cfg, {"role": "source", "arm": None, "seed": 0, "lr": cfg.optim.lr, "mode": None,
                                           "source": name, "shuffled_tokens": cfg.train.shuffle_tokens})
                 for name, cfg in source_runs(c).items()}, exp_dir, c, log)
+    bridges = bridge_runs(c, exp_dir)
+    if bridges:
+        log(f"bridges: {', '.join(bridges)}")
+        _train_all(bridges, exp_dir, c, log)
     log(f"target: {len(c.arms)} arms x {len(c.lrs)} rates on seeds {tuple(c.lr_seeds or c.seeds)}")
     _train_all(sweep, exp_dir, c, log)
     if c.lr_seeds:

@@ -1,8 +1,9 @@
 """Donors: the pretrained models a run starts from, and how their tensors grow into it.
 
 `init.source` names a donor: an igpt run directory (its latest checkpoint; `igpt-import`
-writes such a directory from a Hugging Face checkpoint), or `hf:DIR`, a Hugging Face GPT-2
-checkpoint read directly (hf_gpt2.py). growth.py grows a donor's vocabulary, width and depth.
+writes such a directory from a Hugging Face checkpoint), `hf:DIR`, a Hugging Face GPT-2
+checkpoint read directly (hf_gpt2.py), or `shipped:NAME`, a donor that ships with igpt
+(shipped.py: prose, music). growth.py grows a donor's vocabulary, width and depth.
 """
 from __future__ import annotations
 
@@ -16,9 +17,9 @@ from igpt.paths import as_path
 from igpt.quiet import absl_errors_only
 from igpt.training.checkpoint import restore_params
 from igpt.training.rundir import RunDir
-from igpt.transfer.donors import hf_gpt2
+from igpt.transfer.donors import hf_gpt2, shipped
 
-HF_PREFIX = "hf:"
+HF_PREFIX, SHIPPED_PREFIX = "hf:", "shipped:"
 
 
 @dataclass(frozen=True)
@@ -34,21 +35,32 @@ def hf_directory(source: str) -> str | None:
     return source[len(HF_PREFIX):] if source.startswith(HF_PREFIX) else None
 
 
+def shipped_name(source: str) -> str | None:
+    """NAME of a "shipped:NAME" source, else None."""
+    return source[len(SHIPPED_PREFIX):] if source.startswith(SHIPPED_PREFIX) else None
+
+
 def load(source: str, sharding: jax.sharding.Sharding) -> Donor:
     """The donor named by `source`, its params placed with `sharding`."""
-    directory = hf_directory(source)
-    if directory is None:
+    directory, name = hf_directory(source), shipped_name(source)
+    if directory is not None:
+        params, hf = hf_gpt2.load(directory)
+        vocab = hf_gpt2.vocab_size(hf)
+    elif name is not None:
+        params, vocab = shipped.load(name)
+    else:
         params, meta = restore_params(source, sharding)
         return Donor(params, int(meta["vocab"]))
-    params, hf = hf_gpt2.load(directory)
-    return Donor(jax.tree.map(lambda a: jax.device_put(a, sharding), params), hf_gpt2.vocab_size(hf))
+    return Donor(jax.tree.map(lambda a: jax.device_put(a, sharding), params), vocab)
 
 
 def vocab_size(source: str) -> int:
     """The donor's vocabulary size, read from its config or checkpoint metadata (no weights)."""
-    directory = hf_directory(source)
+    directory, name = hf_directory(source), shipped_name(source)
     if directory is not None:
         return hf_gpt2.vocab_size(hf_gpt2.read_config(directory))
+    if name is not None:
+        return int(shipped.info(name)["vocab"])
     return int(_checkpoint_meta(source)["vocab"])
 
 

@@ -1,6 +1,7 @@
-"""A small reader of the safetensors format into numpy, so importing a donor needs neither
-torch nor the safetensors package: 8 bytes (little-endian header length), a JSON header
-{name: {dtype, shape, data_offsets}}, then the raw little-endian tensor bytes."""
+"""A small reader and writer of the safetensors format in numpy, so importing a donor (and
+shipping one) needs neither torch nor the safetensors package: 8 bytes (little-endian header
+length), a JSON header {name: {dtype, shape, data_offsets}}, then the raw little-endian tensor
+bytes."""
 from __future__ import annotations
 
 import json
@@ -44,3 +45,26 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, np.ndarray]:
         start, end = info["data_offsets"]
         tensors[name] = data[start:end].view(DTYPES[info["dtype"]]).reshape(info["shape"])
     return tensors
+
+
+def write_safetensors(path: str | os.PathLike, tensors: dict[str, np.ndarray]) -> None:
+    """Writes `tensors` (names sorted, each contiguous little-endian) as one safetensors file."""
+    names = {dtype: name for name, dtype in DTYPES.items()}
+    header, chunks, offset = {}, [], 0
+    for name in sorted(tensors):
+        array = np.asarray(tensors[name], order="C")
+        array = array.astype(array.dtype.newbyteorder("<"), copy=False)
+        if array.dtype not in names:
+            raise SafetensorsError(f"tensor {name} has dtype {array.dtype}; safetensors here holds {', '.join(DTYPES)}.")
+        data = array.tobytes()
+        header[name] = {"dtype": names[array.dtype], "shape": list(array.shape),
+                        "data_offsets": [offset, offset + len(data)]}
+        chunks.append(data)
+        offset += len(data)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # the format aligns the tensor bytes to 8
+    with open(path, "wb") as f:
+        f.write(len(encoded).to_bytes(8, "little"))
+        f.write(encoded)
+        for data in chunks:
+            f.write(data)
