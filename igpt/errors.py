@@ -46,17 +46,22 @@ def parse_flags_clearly(argv: list[str], flag_values=None) -> list[str]:
                 values["config"].value.to_dict  # a config file that failed to load raises here
     except (flags.Error, AttributeError, KeyError, TypeError, ValueError) as e:
         overrides = [a for a in argv[1:] if a.startswith("--config.")]
+        if not overrides and not isinstance(e, flags.Error):  # then it came from the config file itself
+            _exit(_not_loading(argv, e))
         _exit(f"bad flag or config override ({_first_line(e).strip(chr(34))}); overrides given: "
               f"{' '.join(overrides) or 'none'}. Every --config.X must name a field the config file sets, "
               "with a value of its type.")
     except Exception as e:  # noqa: BLE001 - whatever the config file raised, said in one line
-        from igpt.launch import flag_value
-        cause = e.__cause__ or e
-        _exit(f"config file {flag_value(argv, '--config')!r} does not load: {type(cause).__name__}: "
-              f"{_last_line(cause)}")
+        _exit(_not_loading(argv, e))
     if "verbosity" in values and not values["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     return rest
+
+
+def _not_loading(argv: list[str], e: BaseException) -> str:
+    from igpt.launch import flag_value
+    cause = e.__cause__ or e
+    return f"config file {flag_value(argv, '--config')!r} does not load: {type(cause).__name__}: {_last_line(cause)}"
 
 
 def _first_line(e: BaseException) -> str:

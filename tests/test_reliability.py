@@ -230,11 +230,13 @@ def test_a_torn_last_metrics_line_loses_no_later_record(tmp_path):
 @pytest.fixture
 def bad_configs(tmp_path):
     (tmp_path / "syntax.py").write_text("def get_config(:\n")
+    (tmp_path / "raises.py").write_text("def get_config():\n    return {}['model']\n")
     return {"missing": (str(tmp_path / "nope.py"), "does not load: OSError"),
-            "syntax error": (str(tmp_path / "syntax.py"), "does not load: SyntaxError")}
+            "syntax error": (str(tmp_path / "syntax.py"), "does not load: SyntaxError"),
+            "raising": (str(tmp_path / "raises.py"), "raises.py' does not load: KeyError: 'model'")}
 
 
-@pytest.mark.parametrize("case", ["missing", "syntax error"])
+@pytest.mark.parametrize("case", ["missing", "syntax error", "raising"])
 def test_a_config_file_that_does_not_load_is_one_line_in_train_and_transfer(capsys, bad_configs, case):
     """igpt-train and igpt-transfer parse with these very definitions."""
     path, needle = bad_configs[case]
