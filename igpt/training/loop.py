@@ -390,8 +390,8 @@ class _Loop:
                         self.early.update(self.step, _validation_loss(self.last_eval))
                         save = save or self.early.stopped  # a rerun restores here and sees it stopped
                 if save:
+                    self.writer.flush()  # the records up to a checkpoint are durable (and on gs://, written) first
                     self.ckpt.save(self.step, state, dict(task.meta(), step=self.step))
-                    self.writer.flush()  # on object storage, the records up to a checkpoint are written with it
                 if save or evaluate:
                     self.window = (time.perf_counter(), self.step)  # eval and save time is not step time
             if pending is not None:
