@@ -32,13 +32,16 @@ def splash_available() -> bool:
 
 
 def attention_impl(name: str, dtype, seq_len: int) -> str:
-    """Resolves "auto": cuDNN's fused attention on GPU in half precision, the splash kernel on
-    TPU (when Pallas has it and the length is a multiple of its tile), else XLA's."""
+    """Resolves "auto": the blockwise kernel on CPU (the fastest there), cuDNN's fused attention
+    on GPU in half precision, the splash kernel on TPU (when Pallas has it and the length is a
+    multiple of its tile), else XLA's."""
     if name not in IMPLEMENTATIONS:
         raise ValueError(f"unknown attention {name!r}; choose one of {IMPLEMENTATIONS}.")
     if name != "auto":
         return name
     backend = jax.default_backend()
+    if backend == "cpu":
+        return "blockwise"
     if backend == "gpu" and jnp.dtype(dtype).itemsize == 2:
         return "cudnn"
     if backend == "tpu" and seq_len % SPLASH_BLOCK == 0 and splash_available():

@@ -216,6 +216,12 @@ class GPTTask:
         return {"bits_per_token": bits(metrics["loss"]),
                 "tokens_seen": step * self.cfg.train.global_batch * self.cfg.data.seq_len}
 
+    def picture(self, state: dict[str, Any]) -> np.ndarray | None:
+        """What the model draws now, every train.sample_every steps (igpt.sample.completion_picture)."""
+        from igpt.sample import completion_picture
+        return completion_picture(self.graphdef, state["params"], self.data["test"], self.tokenizer, self.cfg,
+                                  self.mesh, self.token_offset)
+
     def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, float]) -> None:
         return None
 

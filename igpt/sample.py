@@ -7,13 +7,17 @@ that feeds one token per step.
 A sequence is x_0 .. x_{T-1}; the model reads [BOS, x_0 .. x_{T-2}], so the logits at position
 i predict x_i. The prefill feeds [BOS, prompt] at positions 0 .. P and samples x_P; step i feeds
 x_{i-1} at position i and samples x_i. The cache has a fixed size [b, T, heads, head_dim] per
-layer, so every step has the same shapes and the whole loop compiles once.
+layer, so every step has the same shapes and the whole loop compiles once. `generate_long`
+slides that window to draw more tokens than the model's sequence holds (audio of a chosen
+length); `completion_picture` is what a run shows of itself every train.sample_every steps.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +25,10 @@ import ml_collections
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from igpt import tokenizers
+import numpy as np
+
+from igpt import sharding, tokenizers
+from igpt.modalities import get as get_modality
 from igpt.model import Transformer, model_config, with_bos
 from igpt.tokenizers.base import Tokenizer
 from igpt.training.checkpoint import Checkpointer
@@ -83,6 +90,52 @@ def generate_uncached(graphdef: nnx.GraphDef, params: nnx.State, prompt: jax.Arr
         return jax.lax.dynamic_update_slice_in_dim(tokens, new[:, None], i, axis=1)
 
     return jax.lax.fori_loop(p, model.seq_len, step, tokens)
+
+
+def generate_long(graphdef: nnx.GraphDef, params: nnx.State, prompt: np.ndarray, key: jax.Array, total: int,
+                  put: Callable[[np.ndarray], jax.Array], temperature: float = 1.0, top_k: int = 0) -> np.ndarray:
+    """`prompt` [b, P] continued to `total` tokens [b, total]: the first window as `generate`
+    draws it, then windows whose first half is the last half of the tokens so far (the model
+    sees half a sequence of context), each drawing the other half. `put` lays host rows on the
+    mesh. The prompt shape of every later window is the same, so they compile once."""
+    seq_len = nnx.merge(graphdef, params).seq_len
+    keep = seq_len // 2
+    out = np.asarray(generate(graphdef, params, put(prompt[:, :seq_len - 1]), key, temperature, top_k))
+    window = 1
+    while out.shape[1] < total:
+        drawn = generate(graphdef, params, put(out[:, -keep:]), jax.random.fold_in(key, 10_000 + window),
+                         temperature, top_k)
+        out = np.concatenate([out, np.asarray(drawn)[:, keep:]], axis=1)
+        window += 1
+    return out[:, :total]
+
+
+def tokens_for_seconds(tokenizer: Tokenizer, seq_len: int, sample_rate: int, seconds: float) -> int:
+    """How many tokens decode to `seconds` of audio at `sample_rate` (mu-law: one per sample; a VQ
+    tokenizer: one per downsampled step), measured by decoding one sequence."""
+    samples = len(np.ravel(tokenizer.decode(np.zeros((1, seq_len), np.int32))))
+    return math.ceil(seconds * sample_rate * seq_len / samples)
+
+
+def completion_picture(graphdef: nnx.GraphDef, params: nnx.State, test: Any, tokenizer: Tokenizer,
+                       cfg: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, token_offset: int = 0,
+                       num: int = 4, seed: int = 0) -> np.ndarray | None:
+    """The first `num` test sequences' first halves completed by the model (temperature 1, a fixed
+    key: the same prompts and draws at every step, so pictures over training compare), as the
+    modality pictures them (None for text). Every process calls it; all get the picture."""
+    rules = tuple(cfg.axis_rules)
+    shards = sharding.batch_shards(mesh, rules)
+    rows = shards * -(-num // shards)  # a batch that divides over the mesh
+    originals = test.batch(0, rows, shuffle=False)
+    local = test.batch(0, rows, process_index=jax.process_index(), process_count=jax.process_count(), shuffle=False)
+    prompt_tokens = cfg.data.seq_len // 2
+    prompt = sharding.put_batch(local[:, :prompt_tokens] + token_offset, mesh, rules)
+    drawn = generate(graphdef, params, prompt, jax.random.key(seed), 1.0, 0)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        drawn = multihost_utils.process_allgather(drawn, tiled=True)
+    completions = np.clip(np.asarray(drawn) - token_offset, 0, tokenizer.vocab_size - 1)
+    return get_modality(cfg.data.modality).picture(tokenizer, prompt_tokens, originals[:num], completions[:num])
 
 
 @dataclasses.dataclass(frozen=True)

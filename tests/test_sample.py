@@ -118,10 +118,10 @@ def test_grey_after_hides_everything_past_the_prompt():
     assert (shown[:, 6:] == 128).all()
 
 
-def test_image_grid_tiles_rows_and_columns_with_borders():
+def test_image_grid_tiles_rows_and_columns_with_gaps():
     grid = image_grid(np.zeros((3, 2, 8, 8), np.uint8))
-    assert grid.shape == (3 * 66, 2 * 66, 3)  # 8 px scaled x8 to 64, plus a border each side
-    assert (grid[0] == 128).all() and (grid[1, 1:65] == 0).all()
+    assert grid.shape == (6 + 3 * 70, 6 + 2 * 70, 3)  # 8 px scaled x8 to 64, a 6-pixel white gap around each
+    assert (grid[:6] == 255).all() and (grid[6, 6:70] == 0).all() and (grid[6, 70:76] == 255).all()
 
 
 def test_audio_outputs_are_wav_files_of_the_decoded_waves(tmp_path):
@@ -177,5 +177,6 @@ def test_cli_samples_png_grids_from_the_8_device_checkpoint_on_one_device(run_di
     samples = np.load(tmp_path / "samples.npz")
     assert int(samples["prompt_tokens"]) == 32
     np.testing.assert_array_equal(samples["completions"][:, :32], samples["originals"][:, :32])
-    assert Image.open(tmp_path / "completions.png").size == (3 * 66, 3 * 66)
-    assert Image.open(tmp_path / "unconditional.png").size == (66, 3 * 66)
+    # 8x8 tiles scaled to 64 with 6-pixel gaps; prompt | completion | original under a 20-pixel header row
+    assert Image.open(tmp_path / "completions.png").size == (6 + 3 * 70, 20 + 6 + 3 * 70)
+    assert Image.open(tmp_path / "unconditional.png").size == (6 + 3 * 70, 6 + 70)  # one row of three

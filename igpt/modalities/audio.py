@@ -1,12 +1,12 @@
 """Audio: waveforms checked, scaled from PCM and resampled, cut into seq_len-sample frames; a
-VQ-VAE's 1-D grid of codes; WAV files of samples."""
+VQ-VAE's 1-D grid of codes; WAV files of samples and pictures of waveforms."""
 from __future__ import annotations
 
 import io
 import os
 import wave as wavfile
 from math import gcd
-from typing import Callable
+from typing import Callable, Sequence
 
 import ml_collections
 import numpy as np
@@ -96,6 +96,29 @@ def write_wav(path: str | os.PathLike, wave: np.ndarray, sample_rate: int) -> No
     epath.Path(path).write_bytes(buffer.getvalue())
 
 
+def waveform_picture(waves: np.ndarray, headers: Sequence[str], mark: int = 0) -> np.ndarray:
+    """uint8 RGB panels of waveforms [rows, cols, T] in [-1, 1], one column per header, with a
+    dashed line at sample `mark` (0: none): what a sound looks like in TensorBoard or a PNG."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    rows, cols = waves.shape[:2]
+    fig = Figure(figsize=(3.2 * cols, 1.1 * rows + 0.3), dpi=80)
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=True, sharey=True)
+    for (r, c), ax in np.ndenumerate(axes):
+        ax.plot(waves[r, c], linewidth=0.6, color="black")
+        if mark:
+            ax.axvline(mark, color="tab:red", linestyle="--", linewidth=0.8)
+        ax.set_ylim(-1.05, 1.05)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if r == 0:
+            ax.set_title(headers[c], fontsize=10)
+    fig.tight_layout(pad=0.3)
+    canvas = FigureCanvasAgg(fig)
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()
+
+
 class AudioModality:
     """Examples are float32 mono waveforms in [-1, 1] at data.sample_rate, of any length."""
 
@@ -128,6 +151,17 @@ class AudioModality:
                 write_wav(out / f"{name}_{i}.wav", w, sample_rate)
                 written.append(out / f"{name}_{i}.wav")
         return written
+
+    def picture(self, tokenizer: Tokenizer, prompt_tokens: int, originals: np.ndarray,
+                completions: np.ndarray) -> np.ndarray:
+        """Waveforms, columns completion | original, the prompt's end marked."""
+        waves = np.stack([tokenizer.decode(completions), tokenizer.decode(originals)], axis=1)
+        return waveform_picture(waves, ("completion", "original"), mark=prompt_tokens)
+
+    def reconstruction_picture(self, examples: np.ndarray, reconstructed: np.ndarray) -> np.ndarray:
+        """The first held-out frames [N, T] beside their reconstructions."""
+        n = min(4, len(examples))
+        return waveform_picture(np.stack([examples[:n], reconstructed[:n]], axis=1), ("original", "reconstruction"))
 
     def channels(self, examples: list[np.ndarray]) -> int:
         return 1

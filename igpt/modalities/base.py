@@ -43,6 +43,11 @@ class Modality(Protocol):
                       originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[Path]:
         """Decodes the three token sets [n, T] and writes them under `out` as this modality's media."""
 
+    def picture(self, tokenizer: Tokenizer, prompt_tokens: int, originals: np.ndarray,
+                completions: np.ndarray) -> np.ndarray | None:
+        """Completions of the first `prompt_tokens` of `originals` beside them, as a uint8 RGB picture
+        with a header over each column (None: the modality has no picture)."""
+
 
 @runtime_checkable
 class Signal(Modality, Protocol):
@@ -73,6 +78,10 @@ class Signal(Modality, Protocol):
 
     def reconstruction(self, inputs: np.ndarray, reconstructed: np.ndarray) -> dict[str, float]:
         """How close the reconstructions are: "loss" (MSE on the [-1, 1] scale) and its own metrics."""
+
+    def reconstruction_picture(self, examples: np.ndarray, reconstructed: np.ndarray) -> np.ndarray:
+        """Held-out examples beside their reconstructions (as a VQ tokenizer encodes and decodes
+        them), a uint8 RGB picture with headers."""
 
 
 def names() -> list[str]:

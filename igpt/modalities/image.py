@@ -5,13 +5,13 @@ from __future__ import annotations
 import io
 import math
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import ml_collections
 import numpy as np
 from einops import rearrange
 from etils import epath
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from igpt.data.errors import DataError
 from igpt.data.sources import RawSplit
@@ -24,7 +24,11 @@ from igpt.tokenizers.vq.tokenizer import KIND as VQ_KIND
 
 IMAGES_PER_ENCODE = 1024  # images per tokenizer call: bounds the float copy palette encoding makes
 GREY = 128
+WHITE = 255
 MIN_TILE = 64  # small images (8x8 digits) are scaled up to at least this many pixels a side in sample grids
+GAP = 6  # white pixels between and around tiles, so neighbours of similar colours do not merge
+HEADER_PIXELS = 20  # height of the row of column headers
+GRID_COLUMNS = 4  # columns of a grid of unconditional samples
 
 
 def as_hwc(image: np.ndarray, name: str = "image") -> np.ndarray:
@@ -68,17 +72,43 @@ def as_tokenizer_input(kind: str, examples: np.ndarray) -> np.ndarray:
     return to_rgb(examples) if kind == "palette" else examples
 
 
-def image_grid(images: np.ndarray) -> np.ndarray:
-    """uint8 [rows, cols, H, W(, C)] -> one RGB picture with a 1-pixel grey border around
-    every tile, each tile scaled up by a whole factor to at least MIN_TILE pixels."""
+def image_grid(images: np.ndarray, headers: Sequence[str] = ()) -> np.ndarray:
+    """uint8 [rows, cols, H, W(, C)] -> one RGB picture: each tile scaled up by a whole factor to
+    at least MIN_TILE pixels, GAP white pixels between and around the tiles, and when `headers`
+    are given (one per column) a row of them above the tiles."""
     if images.ndim == 4:
         images = images[..., None]
     if images.shape[-1] == 1:
         images = np.repeat(images, 3, axis=-1)
     scale = max(1, math.ceil(MIN_TILE / images.shape[2]))
     images = np.repeat(np.repeat(images, scale, axis=2), scale, axis=3)
-    images = np.pad(images, ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)), constant_values=GREY)
-    return rearrange(images, "r c h w ch -> (r h) (c w) ch")
+    images = np.pad(images, ((0, 0), (0, 0), (0, GAP), (0, GAP), (0, 0)), constant_values=WHITE)
+    grid = np.pad(rearrange(images, "r c h w ch -> (r h) (c w) ch"), ((GAP, 0), (GAP, 0), (0, 0)),
+                  constant_values=WHITE)
+    if headers:
+        if len(headers) != images.shape[1]:
+            raise ValueError(f"{len(headers)} headers for {images.shape[1]} columns")
+        grid = np.concatenate([header_row(headers, images.shape[3], grid.shape[1]), grid])
+    return grid
+
+
+def header_row(headers: Sequence[str], column_pixels: int, width: int) -> np.ndarray:
+    """A white strip [HEADER_PIXELS, width, 3] with each header centred over its column."""
+    strip = Image.new("RGB", (width, HEADER_PIXELS), (WHITE,) * 3)
+    draw = ImageDraw.Draw(strip)
+    font = ImageFont.load_default(size=HEADER_PIXELS - 6)
+    for k, text in enumerate(headers):
+        centre = GAP + k * column_pixels + (column_pixels - GAP) / 2
+        draw.text((centre, HEADER_PIXELS - 2), text, fill=(0, 0, 0), font=font, anchor="ms")
+    return np.asarray(strip)
+
+
+def rows_of(images: np.ndarray, columns: int = GRID_COLUMNS) -> np.ndarray:
+    """[n, H, W(, C)] laid out as [rows, columns, ...] (white tiles fill the last row)."""
+    columns = max(1, min(columns, len(images)))
+    fill = -len(images) % columns
+    images = np.concatenate([images, np.full((fill,) + images.shape[1:], WHITE, images.dtype)])
+    return rearrange(images, "(r c) ... -> r c ...", c=columns)
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray) -> None:
@@ -117,24 +147,36 @@ class ImageModality:
                                  for i in range(0, len(examples), IMAGES_PER_ENCODE)])
         if tokens.shape[1] != data_cfg.seq_len:
             raise DataError(f"{data_cfg.source} images at resolution {data_cfg.resolution} give {tokens.shape[1]} "
-                            f"tokens each but data.seq_len is {data_cfg.seq_len}; use specs.images(...), which sets "
-                            "both.")
+                            f"tokens each with tokenizer {data_cfg.tokenizer!r}, but data.seq_len is {data_cfg.seq_len}; "
+                            f"pass --config.data.seq_len={tokens.shape[1]} (or 0: derived from a saved tokenizer), or "
+                            "build the data section with specs.images(...), which sets both.")
         return tokens
+
+    def picture(self, tokenizer: Tokenizer, prompt_tokens: int, originals: np.ndarray,
+                completions: np.ndarray) -> np.ndarray:
+        """Columns headed prompt (the rest greyed) | completion | original, one row per sequence."""
+        side = math.isqrt(originals.shape[1])
+        orig, comp = tokenizer.decode(originals), tokenizer.decode(completions)
+        shown = grey_after(orig, prompt_tokens, side, side)
+        return image_grid(np.stack([shown, comp, orig], axis=1), headers=("prompt", "completion", "original"))
 
     def write_samples(self, out: str | os.PathLike, tokenizer: Tokenizer, sample_rate: int, prompt_tokens: int,
                       originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[epath.Path]:
-        """completions.png (rows: prompt with the rest greyed, completion, original), unconditional.png,
-        into `out` (an existing local directory, or gs://)."""
+        """completions.png (the picture above), unconditional.png (a grid), into `out` (an existing
+        local directory, or gs://)."""
         out = epath.Path(out)
-        side = math.isqrt(originals.shape[1])
-        orig, comp, uncond = (tokenizer.decode(t) for t in (originals, completions, unconditional))
-        shown = grey_after(orig, prompt_tokens, side, side)
-        written = []
-        for name, grid in (("completions.png", np.stack([shown, comp, orig], axis=1)),
-                           ("unconditional.png", uncond[:, None])):
-            write_png(out / name, image_grid(grid))
-            written.append(out / name)
-        return written
+        write_png(out / "completions.png", self.picture(tokenizer, prompt_tokens, originals, completions))
+        write_png(out / "unconditional.png", image_grid(rows_of(tokenizer.decode(unconditional))))
+        return [out / "completions.png", out / "unconditional.png"]
+
+    def reconstruction_picture(self, examples: np.ndarray, reconstructed: np.ndarray) -> np.ndarray:
+        """Held-out images beside their reconstructions (uint8 [N, H, W, C]): columns original |
+        reconstruction, twice side by side."""
+        pairs = np.stack([examples, reconstructed], axis=1)  # [n, 2, H, W, C]
+        k = 2 if len(pairs) >= 2 else 1
+        pairs = pairs[: len(pairs) // k * k]
+        return image_grid(rearrange(pairs, "(r k) two h w c -> r (k two) h w c", k=k),
+                          headers=("original", "reconstruction") * k)
 
     def channels(self, examples: np.ndarray) -> int:
         return examples.shape[-1]

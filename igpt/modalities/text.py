@@ -41,6 +41,11 @@ class TextModality:
     def sequences(self, examples: list[str], tokenizer: Tokenizer, data_cfg: ml_collections.ConfigDict) -> np.ndarray:
         return pack_text(examples, tokenizer, data_cfg.seq_len)
 
+    def picture(self, tokenizer: Tokenizer, prompt_tokens: int, originals: np.ndarray,
+                completions: np.ndarray) -> None:
+        """Text has no picture: its samples are read in completions.txt (igpt-sample)."""
+        return None
+
     def write_samples(self, out: str | os.PathLike, tokenizer: Tokenizer, sample_rate: int, prompt_tokens: int,
                       originals: np.ndarray, completions: np.ndarray, unconditional: np.ndarray) -> list[epath.Path]:
         """completions.txt and unconditional.txt into `out` (an existing local directory, or gs://)."""

@@ -31,12 +31,14 @@ from igpt.training.checkpoint import CheckpointDamagedError, Checkpointer, damag
 from igpt.training.early_stopping import EarlyStopping
 from igpt.training.metrics import MetricsWriter, read_metrics
 from igpt.training.preemption import PreemptionFlag
-from igpt.training.progress import Progress
+from igpt.training import tracking
+from igpt.training.progress import Progress, closing_line, duration, parameter_count, resume_line, start_banner
 from igpt.training.rundir import RunDir, config_differences, write_json_atomic
 
 # Settings a resume may change without train.accept_config_changes: where and how often, not what.
 RESUMABLE_CHANGES = ("mesh.", "distributed.", "data.data_dir", "train.log_every", "train.eval_every",
-                     "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoint",
+                     "train.checkpoint_every", "train.keep_checkpoints", "train.async_checkpoint", "train.sample_every",
+                     "wandb.",
                      "train.preemption_check_every", "train.accept_config_changes")
 
 
@@ -59,6 +61,7 @@ def train_config(steps: int = 1000, global_batch: int = 32, **task_fields: Any) 
         log_every=10, eval_every=100, checkpoint_every=200, keep_checkpoints=3, async_checkpoint=True,
         preemption_check_every=10,  # steps between agreeing on a signal across processes
         patience=0,  # evals without a new best validation loss before the run stops, finished (0: never)
+        sample_every=0,  # steps between sample pictures in TensorBoard and RUN/samples/ (0: never)
         accept_config_changes=False,  # resume although the config differs from config.json (recorded)
         **task_fields))
 
@@ -69,7 +72,7 @@ def run_config(*, seed: int = 0, train: ml_collections.ConfigDict, optim_cfg: ml
     the task's, so an override of a missing key is an error."""
     return ml_collections.ConfigDict(dict(
         seed=seed, train=train, optim=optim_cfg, mesh=sharding.mesh_config(), axis_rules=sharding.DEFAULT_RULES,
-        distributed=distributed.distributed_config(), **task_sections))
+        distributed=distributed.distributed_config(), wandb=tracking.wandb_config(), **task_sections))
 
 
 class Task(Protocol):
@@ -179,14 +182,15 @@ def train_problems(t: ml_collections.ConfigDict) -> list[str]:
     """Each train setting out of range, in a line of its own."""
     return [f"train.{k}={t[k]} must be at least {low}." for k, low in
             (("steps", 1), ("global_batch", 1), ("log_every", 1), ("eval_every", 1), ("checkpoint_every", 1),
-             ("keep_checkpoints", 1), ("preemption_check_every", 1), ("patience", 0)) if t[k] < low]
+             ("keep_checkpoints", 1), ("preemption_check_every", 1), ("patience", 0), ("sample_every", 0))
+            if t.get(k, low) < low]
 
 
 def check_config(task: Task) -> None:
     """Refuses a config no run can use before any work (no workdir, data or compile yet): the
     loop's, the optimizer's and the task's checks all run, and every problem found gets a line."""
     cfg = task.cfg
-    problems = [TrainConfigError(p) for p in train_problems(cfg.train)]
+    problems = [TrainConfigError(p) for p in train_problems(cfg.train) + tracking.problems(cfg)]
     for check in (lambda: optim.check(cfg.optim, task.optimizers), task.check):
         try:
             check()
@@ -283,6 +287,9 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
     run_dir = RunDir.at(workdir).prepare()
     config_json, changed = check_resume(run_dir, cfg)
     is_main = jax.process_index() == 0
+    started = time.perf_counter()
+    if is_main:
+        print("\n".join(start_banner(task, run_dir.root, mesh)), flush=True)
 
     with on_mesh(mesh, rules):
         task.setup(run_dir, mesh)
@@ -290,15 +297,16 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
         state = built.state
         ckpt = Checkpointer(run_dir.checkpoints, t.keep_checkpoints, t.async_checkpoint)
         start, restored = restore_newest_intact(ckpt, run_dir, abstract(state), task.meta(), is_main)
+        if is_main:
+            print(resume_line(start, t.steps, parameter_count(state["params"]), run_dir.checkpoints / str(start)),
+                  flush=True)
         if start is not None:
             state = restored
-            if is_main:
-                print(f"resumed from step {start} of {t.steps} ({run_dir.checkpoints / str(start)})", flush=True)
         else:
             state = task.initialize(state, mesh)
         if is_main:
             if run_dir.read_config() is None:
-                run_dir.write_config(config_json)
+                run_dir.write_config(config_json, devices=jax.devices())
             elif start is not None and changed:
                 write_json_atomic(run_dir.resumed_config(start), config_json)
             elif start is not None:  # a failed attempt's accepted changes no longer describe this run
@@ -308,7 +316,7 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
                                 schedule=cfg.optim.schedule,
                                 **{f"flops_per_{task.unit}": task.flops_per_unit})
         step_fn, put = built.train_step, built.put
-        loop = _Loop(task, run_dir, ckpt, is_main, start or 0)
+        loop = _Loop(task, run_dir, ckpt, is_main, start or 0, config_json)
         try:
             outcome = loop.steps(state, step_fn, put)
         except BaseException:
@@ -317,28 +325,41 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
             raise
         finally:
             ckpt.close()
-        if not outcome.preempted:
-            outcome.eval = outcome.eval or task.evaluate(loop.state)  # a run resumed at its last step
+        if not outcome.preempted:  # a run resumed at its last step has its final evals in metrics.jsonl
+            outcome.eval = outcome.eval or _evals_logged_at(run_dir, outcome.step) or task.evaluate(loop.state)
             outcome.result = task.finish(loop.state, run_dir, outcome.eval)
         if is_main:
             run_dir.update_info(status="preempted" if outcome.preempted else "finished", step=outcome.step,
                                 **({"stopped_early": True, "best_step": loop.early.best_step}
                                    if outcome.stopped_early else {}))
+            if not outcome.preempted:
+                finals = {split: dict(m, **task.describe(m, outcome.step)) for split, m in outcome.eval.items()}
+                print(closing_line(task.kind, start or 0, outcome.step, time.perf_counter() - started, finals,
+                                   run_dir.root), flush=True)
         return outcome
+
+
+def _evals_logged_at(run_dir: RunDir, step: int) -> dict[str, dict[str, float]]:
+    """The held-out metrics metrics.jsonl holds for `step`, by split ({} when none)."""
+    return {r["split"]: {k: v for k, v in r.items() if k not in ("step", "split", "wall_time")}
+            for r in read_metrics(run_dir.root) if r["step"] == step and r["split"] != "train"}
 
 
 class _Loop:
     """The steps from `start` to train.steps, with what each step owes: flush, eval, save, stop."""
 
-    def __init__(self, task: Task, run_dir: RunDir, ckpt: Checkpointer, is_main: bool, start: int):
+    def __init__(self, task: Task, run_dir: RunDir, ckpt: Checkpointer, is_main: bool, start: int,
+                 config: dict[str, Any]):
         self.task, self.t, self.ckpt = task, task.cfg.train, ckpt
-        self.step = start
+        self.step = self.start = start
         resumed_with_patience = start and self.t.patience
         self.early = EarlyStopping.replay(self.t.patience, read_metrics(run_dir.root) if resumed_with_patience else [],
                                           start)
         self.state: Any = None  # the latest state, also when a step fails
         self.writer = MetricsWriter(run_dir.metrics, enabled=is_main)
-        self.progress = Progress(self.t.steps, start, enabled=is_main, tensorboard=run_dir.tensorboard)
+        self.progress = Progress(self.t.steps, start, enabled=is_main, tensorboard=run_dir.tensorboard,
+                                 pictures=run_dir.root / "samples", config=config,
+                                 tracker=tracking.start(task.cfg, run_dir.root, config) if is_main else None)
         self.last_train: dict[str, Any] = {}
         self.last_eval: dict[str, dict[str, float]] = {}
         self.window = (time.perf_counter(), start)  # (time, step) where the step-time window opened
@@ -347,7 +368,11 @@ class _Loop:
         """Reads one step's metrics off the device, stops on NaN, writes them when logging is due."""
         m = {k: float(v) for k, v in jax.device_get(dev_metrics).items()}
         _check_finite(step, m)
+        if step == self.start + 1:  # the session's first step compiled the step: its time is no step time
+            self.progress.message(f"first step compiled and ran in {duration(time.perf_counter() - self.window[0])}")
         if not due(step, self.t.log_every, self.t.steps):
+            if step == self.start + 1:
+                self.window = (time.perf_counter(), step)
             return
         now = time.perf_counter()
         dt = (now - self.window[0]) / max(step - self.window[1], 1)
@@ -376,8 +401,10 @@ class _Loop:
                 stop = preempt.should_stop(self.step)
                 save = due(self.step, t.checkpoint_every, t.steps) or stop
                 evaluate = due(self.step, t.eval_every, t.steps)
-                if save or evaluate:
-                    self.flush(*pending)  # never save or evaluate past an unchecked step
+                sample = bool(t.get("sample_every")) and due(self.step, t.sample_every, t.steps) and hasattr(
+                    task, "picture")
+                if save or evaluate or sample:
+                    self.flush(*pending)  # never save, evaluate or sample past an unchecked step
                     pending = None
                 if evaluate:
                     self.last_eval = task.evaluate(state)
@@ -392,8 +419,10 @@ class _Loop:
                 if save:
                     self.writer.flush()  # the records up to a checkpoint are durable (and on gs://, written) first
                     self.ckpt.save(self.step, state, dict(task.meta(), step=self.step))
-                if save or evaluate:
-                    self.window = (time.perf_counter(), self.step)  # eval and save time is not step time
+                if sample:
+                    self.progress.image("samples", task.picture(state), self.step)
+                if save or evaluate or sample:
+                    self.window = (time.perf_counter(), self.step)  # eval, save and sampling time is not step time
             if pending is not None:
                 self.flush(*pending)
             self.ckpt.wait()

@@ -2,7 +2,7 @@
 
   RUN/config.json      the config the run started with, written once
   RUN/config.resumed-at-<step>.json   a config accepted on resume with train.accept_config_changes
-  RUN/versions.json    the libraries it ran with
+  RUN/versions.json    the libraries it started with, the igpt git commit, host, devices, XLA_FLAGS
   RUN/run.json         who the run is and where it stands: {"task", "status", "step", "steps",
                        "finished", "flops_per_token" (GPT: training FLOPs per token, 0 if unknown),
                        plus what an experiment adds: "role", "arm", "seed", "lr", ...}
@@ -23,7 +23,9 @@ import importlib.metadata
 import json
 import os
 import platform
-from typing import Any
+import socket
+import subprocess
+from typing import Any, Sequence
 
 from etils import epath
 
@@ -47,6 +49,29 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             found[name] = "not installed"
     return found
+
+
+def git_commit(source: str | os.PathLike | None = None) -> str:
+    """The commit of the igpt checkout that runs ("+dirty" with uncommitted changes), or
+    "unknown" when igpt is not run from a git checkout."""
+    source = source or os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    try:
+        run = lambda *args: subprocess.run(["git", "-C", os.fspath(source), *args], capture_output=True, text=True,
+                                           timeout=10, check=True).stdout.strip()
+        if os.path.realpath(run("rev-parse", "--show-toplevel")) != os.path.realpath(source):
+            return "unknown"  # an installed igpt inside some other repository
+        commit = run("rev-parse", "HEAD")
+        return commit + ("+dirty" if run("status", "--porcelain", "--untracked-files=no") else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_environment(devices: Sequence[Any] = ()) -> dict[str, Any]:
+    """Where a run started: the igpt commit, the host, the devices (kind and count) and XLA_FLAGS."""
+    kinds = sorted({getattr(d, "device_kind", str(d)) for d in devices})
+    return {"git_commit": git_commit(), "host": socket.gethostname(), "device_kind": ", ".join(kinds),
+            "device_count": len(devices), "platform": ", ".join(sorted({getattr(d, "platform", "") for d in devices})),
+            "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
 def read_text_or_none(path: epath.Path) -> str | None:
@@ -106,9 +131,10 @@ class RunDir:
         text = read_text_or_none(self.config)
         return None if text is None else json.loads(text)
 
-    def write_config(self, config: dict[str, Any]) -> None:
+    def write_config(self, config: dict[str, Any], devices: Sequence[Any] = ()) -> None:
+        """config.json and versions.json (libraries, and where it runs: run_environment)."""
         write_json_atomic(self.config, config)
-        write_json_atomic(self.versions, library_versions())
+        write_json_atomic(self.versions, {**library_versions(), **run_environment(devices)})
 
     def read_info(self) -> dict[str, Any]:
         text = read_text_or_none(self.run_info)

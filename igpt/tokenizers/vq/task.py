@@ -14,7 +14,7 @@ Eval passes over the whole held-out split. The modality (igpt/modalities/) suppl
 training batches, the held-out inputs and the reconstruction metrics; the quantizer
 (quantizers.Quantizer) its state, k-means start and per-step update. usage = distinct codes
 used / codebook size; perplexity = exp(entropy of the code histogram). The final eval is saved
-with the tokenizer.
+with the tokenizer, and RUN/reconstructions.png shows held-out examples beside their reconstructions.
 """
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ from flax import nnx
 from igpt import sharding
 from igpt.data import pipeline
 from igpt.modalities import signal
+from igpt.modalities.image import write_png
 from igpt.tokenizers.base import TokenizerError
 from igpt.tokenizers.reconstruction import code_usage, perplexity
 from igpt.tokenizers.vq.network import abstract_model, check_model, init_params
@@ -41,6 +42,8 @@ from igpt.training.rundir import RunDir
 from igpt.treepaths import path_names
 
 OPTIMIZERS = ("adam", "muon")
+PICTURED = 8  # held-out examples in the reconstructions picture
+RECONSTRUCTIONS_FILE = "reconstructions.png"
 
 
 def optim_config(lr: float = 1e-3, warmup_steps: int = 100, name: str = "adam",
@@ -242,13 +245,23 @@ class VQFitTask:
     def describe(self, metrics: dict[str, float], step: int) -> dict[str, float]:
         return {}
 
+    def picture(self, state: dict[str, Any]) -> np.ndarray:
+        """The first held-out examples beside their reconstructions now (every train.sample_every
+        steps, and RUN/reconstructions.png at the end)."""
+        tokenizer = self.tokenizer(state)
+        examples = self.eval_inputs[:PICTURED]
+        return tokenizer.modality.reconstruction_picture(examples, tokenizer.decode(tokenizer.encode(examples)))
+
     def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, dict[str, float]]) -> VQTokenizer:
         tokenizer = self.tokenizer(state)
         tokenizer.metrics = dict(last_eval["eval"])
+        picture = self.picture(state)
         if jax.process_index() == 0:
             print("held-out " + _summary(tokenizer.metrics), flush=True)
             tokenizer.save(run.tokenizer)
-            print(f"saved {run.tokenizer}: use it as data.tokenizer='vq:{run.tokenizer}'", flush=True)
+            write_png(run.root / RECONSTRUCTIONS_FILE, picture)
+            print(f"saved {run.tokenizer}: use it as data.tokenizer='vq:{run.tokenizer}'; held-out examples beside "
+                  f"their reconstructions in {run.root / RECONSTRUCTIONS_FILE}", flush=True)
         return tokenizer
 
 
