@@ -52,7 +52,7 @@ def test_resume_and_closing_lines():
     assert resume_line(None, 300, 127616, "r/checkpoints/None") == \
         "  model    127,616 parameters; starting at step 0 of 300 (the first step compiles)"
     assert resume_line(100, 300, 10, "r/checkpoints/100") == \
-        "  model    10 parameters; resuming from step 100 of 300 (checkpoint r/checkpoints/100)"
+        "  model    10 parameters; resumed from step 100 of 300 (checkpoint r/checkpoints/100)"
     assert resume_line(300, 300, 10, "r/checkpoints/300").endswith(
         "already complete at step 300 of 300 (checkpoint r/checkpoints/300): nothing to train")
     evals = {"validation": {"loss": 3.0, "bits_per_token": 4.33}, "test": {"loss": 3.1, "bits_per_token": 4.47}}

@@ -112,7 +112,7 @@ def resume_line(start: int | None, steps: int, params: int, checkpoint: Any) -> 
     if start >= steps:
         return model + f"already complete at step {_count(start)} of {_count(steps)} (checkpoint {checkpoint}): " \
                        "nothing to train"
-    return model + f"resuming from step {_count(start)} of {_count(steps)} (checkpoint {checkpoint})"
+    return model + f"resumed from step {_count(start)} of {_count(steps)} (checkpoint {checkpoint})"
 
 
 def closing_line(kind: str, start: int, step: int, wall_s: float, evals: dict[str, dict[str, float]],
