@@ -11,10 +11,11 @@ runs the models, on any mesh their checkpoints restore onto, and writes the reco
 
 Features follow iGPT: a sequence is read as the model reads it in training ([BOS, x_0 ..
 x_{T-2}]) and each layer's output is averaged over the positions. Stitching (Bansal et al.
-2021) runs model A up to layer i, maps its residual stream with a learned affine map, then runs
-model B from block j + 1 on; the map starts at the least-squares fit of B's stream from A's and
-is then trained on B's next-token loss with both models frozen. Its test loss above B's own
-says how far A's layer i is from being linearly readable as B's layer j.
+2021) runs model A up to layer i, maps its residual stream with an affine map learned on the
+train split, then runs model B from block j + 1 on; its test loss above B's own says how far
+A's layer i is from being linearly readable as B's layer j. The map is the least-squares fit of
+B's stream from A's; `stitch_steps` > 0 then trains it on B's next-token loss with both models
+frozen, as Bansal et al. do (on a CPU that costs minutes per pair of runs, hence not by default).
 """
 from __future__ import annotations
 
@@ -35,14 +36,14 @@ from igpt import sharding, tokenizers
 from igpt.data import pipeline
 from igpt.data.errors import DataError
 from igpt.data.labels import check_labelled, has_labels, split_labels
+from igpt.gpt import row_losses
 from igpt.model import Transformer, with_bos
 from igpt.paths import as_path, dirs_holding
 from igpt.representations import (DEFAULT_CS, PROBE_FILE, SIMILARITY_FILE, cka_matrix, fit_linear_map,
                                   layer_names, linear_probe, read_records, replace_records)
-from igpt.gpt import row_losses
 from igpt.sample import Run, axis_rules, load_run, read_config
-from igpt.training.metrics import bits
 from igpt.training.checkpoint import Checkpointer
+from igpt.training.metrics import bits
 from igpt.training.rundir import RUN_INFO_FILE, RunDir
 from igpt.transfer.arms import SCRATCH
 
@@ -81,7 +82,9 @@ def _in_batches(tokens: np.ndarray, batch: int, fn: Callable[[np.ndarray], np.nd
 
 
 def feature_mesh(batch: int = BATCH) -> jax.sharding.Mesh:
-    """Data parallel over as many local devices as divide the batch; params as the run's rules lay them."""
+    """The default mesh for reading features: data parallel over as many local devices as
+    divide the batch, params laid as the run's rules say. A model too large for one device
+    passes its own mesh (e.g. fsdp) to probe_run / compare_runs instead."""
     cfg = sharding.mesh_config()
     cfg.num_devices = math.gcd(batch, jax.local_device_count())
     return sharding.make_mesh(cfg)
@@ -136,7 +139,7 @@ def committed_steps(workdir: str | os.PathLike) -> list[int]:
 
 def probe_run(workdir: str | os.PathLike, source: str | None = None, steps: Sequence[int] | None = None, *,
               data_dir: str | None = None, max_examples: int | None = None, cs: Sequence[float] = DEFAULT_CS,
-              batch: int = BATCH, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+              mesh: jax.sharding.Mesh | None = None, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """A linear probe on every layer at each of `steps` (default: every committed checkpoint),
     fitted on train, C chosen on validation, accuracy on test; the records replace any earlier
     ones for the same data and step in RUN/probe.jsonl, and are returned."""
@@ -155,12 +158,12 @@ def probe_run(workdir: str | os.PathLike, source: str | None = None, steps: Sequ
     missing = sorted(set(steps or ()) - set(available))
     if missing:
         raise FileNotFoundError(f"{workdir} has no committed checkpoint at step(s) {missing}; it has {available}.")
-    mesh = feature_mesh(batch)
+    mesh = mesh or feature_mesh()
     names = layer_names(cfg.model.num_layers)
     records = []
     for step in sorted(steps or available):
         run = load_run(workdir, mesh, step)
-        features = {split: pooled_features(run, tokens, mesh, batch) for split, (tokens, _) in splits.items()}
+        features = {split: pooled_features(run, tokens, mesh) for split, (tokens, _) in splits.items()}
         for layer, name in enumerate(names):
             result = linear_probe(*((features[s][layer], splits[s][1]) for s in pipeline.SPLITS), cs=cs)
             records.append({"data": data_cfg.source, "step": step, "layer": layer, "layer_name": name,
@@ -221,7 +224,7 @@ def _own_row_losses(graphdef: nnx.GraphDef, params: nnx.State, tokens: jax.Array
 
 
 def stitching_penalties(a: Run, b: Run, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                        mesh: jax.sharding.Mesh, *, steps: int = 100, lr: float = 1e-3, batch: int = BATCH,
+                        mesh: jax.sharding.Mesh, *, steps: int = 0, lr: float = 1e-3, batch: int = BATCH,
                         positions_per_row: int = 16, seed: int = 0) -> tuple[np.ndarray, float]:
     """(stitched test loss minus B's own [layers of A + 1, layers of B + 1], B's own test loss),
     both in bits/token. `train` and `test` are (A's tokens, B's tokens) of the same inputs, row
@@ -260,9 +263,12 @@ def stitching_penalties(a: Run, b: Run, train: tuple[np.ndarray, np.ndarray], te
                 opt_state = tx.init(affine)
                 for _ in range(steps):
                     idx = rng.choice(len(train_a), batch, replace=len(train_a) < batch)
-                    affine, opt_state, _ = _stitch_step(a.graphdef, a.params, b.graphdef, b.params, affine, opt_state,
-                                                        put(train_a[idx]), put(train_b[idx]), np.int32(i), np.int32(j),
-                                                        tx=tx)
+                    affine, opt_state, loss = _stitch_step(a.graphdef, a.params, b.graphdef, b.params, affine,
+                                                           opt_state, put(train_a[idx]), put(train_b[idx]),
+                                                           np.int32(i), np.int32(j), tx=tx)
+                    # One step in flight: a queue of all-reduces over many virtual CPU devices on few
+                    # cores can miss XLA's 40 s rendezvous timeout and abort the process.
+                    loss.block_until_ready()
                 penalty[i, j] = test_bits(lambda idx: _stitched_eval(
                     a.graphdef, a.params, b.graphdef, b.params, affine, put(test_a[idx]), put(test_b[idx]),
                     np.int32(i), np.int32(j))) - base
@@ -299,7 +305,8 @@ def _aligned_data(cfg_a: ml_collections.ConfigDict, cfg_b: ml_collections.Config
 def compare_runs(workdir_a: str | os.PathLike, workdir_b: str | os.PathLike, source: str | None = None, *,
                  step_a: int | None = None, step_b: int | None = None, data_dir: str | None = None,
                  max_examples: int | None = None, eval_sequences: int = 512, stitch: bool = True,
-                 stitch_steps: int = 100, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                 stitch_steps: int = 0, mesh: jax.sharding.Mesh | None = None,
+                 log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Linear CKA between every layer of run A and of run B on the first `eval_sequences` test
     inputs (pooled features), and, with `stitch`, the stitching penalty of every (layer of A,
     layer of B); written to A/similarity.jsonl (replacing an earlier comparison of the same
@@ -307,7 +314,7 @@ def compare_runs(workdir_a: str | os.PathLike, workdir_b: str | os.PathLike, sou
     cfg_a, cfg_b = read_config(workdir_a), read_config(workdir_b)
     data_a, data_b = _aligned_data(cfg_a, cfg_b, workdir_a, workdir_b, source, data_dir, max_examples)
     tok_a, tok_b = (tokenizers.load(RunDir.at(w).tokenizer) for w in (workdir_a, workdir_b))
-    mesh = feature_mesh()
+    mesh = mesh or feature_mesh()
     run_a, run_b = load_run(workdir_a, mesh, step_a), load_run(workdir_b, mesh, step_b)
     test = [_sequences(d, "test", t) for d, t in ((data_a, tok_a), (data_b, tok_b))]
     if len(test[0]) != len(test[1]):
@@ -351,12 +358,32 @@ def _target_runs(exp_dir: str | os.PathLike) -> dict[str, dict[str, Any]]:
     return runs
 
 
-def probe_experiment(exp_dir: str | os.PathLike, data_cfg: ml_collections.ConfigDict, *, stitch_steps: int = 100,
+def comparison_pairs(runs: dict[str, dict[str, Any]]) -> list[tuple[str, str]]:
+    """(A, B) pairs of target runs (dir -> run.json) an experiment compares: each transfer arm's
+    run with scratch's at the same rate, seed and train size; and each scratch run with scratch's
+    next seed there, the reference for how alike two trainings of one recipe come out."""
+    key = lambda info: (info.get("lr"), info.get("train_examples") or 0)
+    scratch: dict[tuple, dict[int, str]] = {}
+    for d, info in runs.items():
+        if info.get("arm") == SCRATCH:
+            scratch.setdefault(key(info), {})[info["seed"]] = d
+    pairs = []
+    for d, info in sorted(runs.items()):
+        seeds = scratch.get(key(info), {})
+        if info.get("arm") != SCRATCH and info.get("seed") in seeds:
+            pairs.append((d, seeds[info["seed"]]))
+        elif info.get("arm") == SCRATCH and len(seeds) > 1:
+            order = sorted(seeds)
+            pairs.append((d, seeds[order[(order.index(info["seed"]) + 1) % len(order)]]))
+    return pairs
+
+
+def probe_experiment(exp_dir: str | os.PathLike, data_cfg: ml_collections.ConfigDict, *, stitch_steps: int = 0,
                      log: Callable[[str], None] = print) -> bool:
     """igpt-transfer's representations step, run once the target runs are trained: when the
     target (`data_cfg`) has class labels, probes every finished target run at each checkpoint
-    not probed yet, and compares each arm's run with scratch's at the same rate and seed (CKA,
-    stitching) where that is not done yet. False, doing nothing, when the target has no labels."""
+    not probed yet, and compares the `comparison_pairs` not compared yet (CKA, stitching).
+    False, doing nothing, when the target has no labels."""
     if not has_labels(data_cfg):
         log(f"representations: {data_cfg.source} has no class labels; no linear probes.")
         return False
@@ -366,13 +393,8 @@ def probe_experiment(exp_dir: str | os.PathLike, data_cfg: ml_collections.Config
         todo = [s for s in committed_steps(run_dir) if s not in probed]
         if todo:
             probe_run(run_dir, steps=todo, log=log)
-    cell = lambda info: (info.get("lr"), info.get("seed"), info.get("train_examples") or 0)
-    scratch = {cell(info): d for d, info in runs.items() if info.get("arm") == SCRATCH}
-    for run_dir, info in runs.items():
-        other = scratch.get(cell(info))
-        if info.get("arm") == SCRATCH or other is None:
-            continue
-        done = {r["kind"] for r in read_records(as_path(run_dir) / SIMILARITY_FILE) if r["b"] == str(as_path(other))}
+    for a, b in comparison_pairs(runs):
+        done = {r["kind"] for r in read_records(as_path(a) / SIMILARITY_FILE) if r["b"] == str(as_path(b))}
         if not {"cka", "stitching"} <= done:
-            compare_runs(run_dir, other, stitch_steps=stitch_steps, log=log)
+            compare_runs(a, b, stitch_steps=stitch_steps, log=log)
     return True

@@ -63,12 +63,19 @@ class ProbeResult:
 Split = tuple[np.ndarray, np.ndarray]  # (features [n, d], integer labels [n])
 
 
-def _standardiser(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
-    """Zero mean, unit variance per feature, as fitted on the train features: one C grid then
-    suits every layer, whatever the scale of its residual stream."""
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    std = np.where(std > 1e-6 * max(float(std.max()), 1e-30), std, 1.0)
-    return lambda z: (z - mean) / std
+def _whitener(x: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """Centred and whitened as the train features' covariance says, its null directions (a
+    feature that is a sum of others, e.g. a histogram's last bin) dropped. A layer's features
+    are strongly correlated: unwhitened, L-BFGS ran out of 1,000 iterations at weak
+    regularisation; whitened, it converges in tens, and one C grid suits every layer."""
+    mean = x.mean(axis=0)
+    with one_blas_thread():
+        values, vectors = np.linalg.eigh(np.cov(x - mean, rowvar=False).reshape(x.shape[1], x.shape[1]))
+    keep = values > 1e-8 * max(float(values.max()), 0.0)
+    if not keep.any():
+        raise ValueError("linear_probe: the train features are constant; there is nothing to probe")
+    project = vectors[:, keep] / np.sqrt(values[keep])
+    return lambda z: (z - mean) @ project
 
 
 def _check_split(name: str, split: Split, width: int | None) -> tuple[np.ndarray, np.ndarray]:
@@ -85,7 +92,7 @@ def _check_split(name: str, split: Split, width: int | None) -> tuple[np.ndarray
 
 def linear_probe(train: Split, validation: Split, test: Split, cs: Sequence[float] = DEFAULT_CS,
                  max_iter: int = 1000) -> ProbeResult:
-    """Multinomial logistic regression on standardised features for each C in `cs` (fitted on
+    """Multinomial logistic regression on whitened features for each C in `cs` (fitted on
     train), the C with the best validation accuracy (the strongest regularisation among ties),
     and that fit's test accuracy."""
     import warnings
@@ -99,20 +106,20 @@ def linear_probe(train: Split, validation: Split, test: Split, cs: Sequence[floa
     classes, counts = np.unique(y_train, return_counts=True)
     if len(classes) < 2:
         raise ValueError(f"linear_probe: the train labels hold one class ({classes}); a probe needs two or more")
-    scale = _standardiser(x_train)
-    x_train, x_val, x_test = scale(x_train), scale(x_val), scale(x_test)
+    whiten = _whitener(x_train)
+    x_train, x_val, x_test = whiten(x_train), whiten(x_val), whiten(x_test)
     best = None
+    model = LogisticRegression(max_iter=max_iter, warm_start=True)  # each C starts from the last C's solution
     for c in sorted(cs):
         with warnings.catch_warnings(), one_blas_thread():
             warnings.simplefilter("ignore", ConvergenceWarning)  # a capped fit is still a fit; validation judges it
-            model = LogisticRegression(C=c, max_iter=max_iter).fit(x_train, y_train)
+            model.set_params(C=c).fit(x_train, y_train)
         accuracy = float(np.mean(model.predict(x_val) == y_val))
         if best is None or accuracy > best[1]:
-            best = (c, accuracy, model)
-    c, val_accuracy, model = best
+            best = (c, accuracy, float(np.mean(model.predict(x_test) == y_test)))
+    c, val_accuracy, test_accuracy = best
     chance = float(np.mean(y_test == classes[np.argmax(counts)]))
-    return ProbeResult(float(c), val_accuracy, float(np.mean(model.predict(x_test) == y_test)), chance,
-                       int(len(classes)))
+    return ProbeResult(float(c), val_accuracy, test_accuracy, chance, int(len(classes)))
 
 
 # ----------------------------------------------------------------------------- CKA

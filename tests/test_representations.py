@@ -18,6 +18,7 @@ from igpt.data import pipeline, specs
 from igpt.data.errors import DataError
 from igpt.data.labels import check_labelled, has_labels, split_labels
 from igpt.model import Transformer
+from igpt.representation_runs import comparison_pairs
 from igpt.representations import (PROBE_FILE, SIMILARITY_FILE, cka_matrix, fit_linear_map, linear_cka,
                                   linear_probe, read_records, replace_records)
 from igpt.training.checkpoint import Checkpointer
@@ -41,7 +42,7 @@ def test_a_probe_reads_a_linearly_encoded_label_and_only_guesses_on_random_featu
     y = rng.integers(0, 10, 2000)
     x = rng.normal(size=(2000, 24))
     x[:, :10] += 6.0 * np.eye(10)[y]  # the label, one-hot in ten of the dims, under unit noise
-    planted = linear_probe(*_splits(x * 40.0 + 3.0, y))  # any scale: features are standardised
+    planted = linear_probe(*_splits(x * 40.0 + 3.0, y))  # any scale: features are whitened
     assert planted.test_accuracy >= 0.99 and planted.validation_accuracy >= 0.99
     assert planted.classes == 10 and 0.05 < planted.chance < 0.15
     random = linear_probe(*_splits(rng.normal(size=(2000, 24)), y))
@@ -207,6 +208,18 @@ def test_stitching_a_model_to_itself_at_the_same_layer_costs_nothing(run_dir):
     assert penalty[0, 2] > 0.01  # the embeddings are no stand-in for the second block's output
 
 
+def test_an_experiment_compares_each_arm_with_scratch_of_its_seed_and_scratch_with_its_next_seed():
+    runs = {f"{arm}/{lr}/{seed}": {"arm": arm, "lr": lr, "seed": seed, "train_examples": 0}
+            for arm in ("scratch", "prose/full") for lr in (1e-3, 3e-3) for seed in (0, 1, 2)}
+    runs["scratch/0.001/9"] = {"arm": "scratch", "lr": 1e-3, "seed": 9}  # a held-out seed
+    runs["prose/full/0.01/0"] = {"arm": "prose/full", "lr": 1e-2, "seed": 0}  # no scratch at its rate
+    pairs = comparison_pairs(runs)
+    assert ("prose/full/0.001/1", "scratch/0.001/1") in pairs and ("prose/full/0.003/2", "scratch/0.003/2") in pairs
+    assert ("scratch/0.001/2", "scratch/0.001/9") in pairs and ("scratch/0.001/9", "scratch/0.001/0") in pairs
+    assert ("scratch/0.003/2", "scratch/0.003/0") in pairs
+    assert len(pairs) == 6 + 7 and not any(a.startswith("prose/full/0.01") for a, _ in pairs)
+
+
 # ---------------------------------------------------------------- the report's section
 
 def _labelled_run(path, arm: str, seed: int, accuracy: list[float], steps=(50, 100)) -> None:
@@ -272,8 +285,10 @@ def test_probes_of_scratch_and_a_transfer_arm_on_digits(tmp_path, data_dir):
         assert sorted({r["step"] for r in records}) == [20, 40, 60] and len(records) == 12
         best = max((r for r in records if r["step"] == 60), key=lambda r: r["validation_accuracy"])
         assert best["test_accuracy"] > 3 * best["chance"]  # the trained body encodes the digit
-    comparisons = [read_records(r / SIMILARITY_FILE) for r in targets]
-    assert sorted(len(c) for c in comparisons) == [0, 0, 2, 2]  # digits/full against scratch, per seed
+    comparisons = [(r["a_group"], r["b_group"], r["kind"]) for run in targets
+                   for r in read_records(run / SIMILARITY_FILE)]  # per seed: digits/full and scratch's other seed
+    assert sorted(comparisons) == sorted([("digits/full", "scratch", k) for k in ("cka", "stitching")] * 2
+                                         + [("scratch", "scratch", k) for k in ("cka", "stitching")] * 2)
     a = analyse(read_experiment(exp_dir, runs), None)
     section = experiment_representations(a, "tiny")
     assert [c.name for c in section.charts] == ["tiny_probe_shipped_digits.png", "tiny_cka.png", "tiny_stitching.png"]

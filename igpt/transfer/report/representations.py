@@ -158,7 +158,7 @@ def _probe_chart(curves: list[ProbeCurve], data: str, slug: str) -> Chart:
 
 def _heatmaps(sims: list[Similarity], kind: str, slug: str) -> Chart:
     shown = sims[:MAX_HEATMAPS]
-    fig = Figure(figsize=(4.4 * len(shown), 4.2), dpi=100, layout="constrained")
+    fig = Figure(figsize=(5.2 * len(shown), 4.4), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
     cka = kind == "cka"
