@@ -1,12 +1,12 @@
 """The shipped donors: a prose and a music GPT in the demo's body shape, trained long enough to
-have learned their modality (igpt/data/donors/ holds the results; init.source="shipped:prose").
+have learned their modality; igpt/transfer/donors/shipped/ holds them (init.source="shipped:prose").
 
   igpt-train --config configs/donors.py:prose --workdir runs/donors/prose
   igpt-train --config configs/donors.py:music --workdir runs/donors/music
-  python -m igpt.transfer.donors.ship runs/donors/prose igpt/data/donors/prose
-Each trains a 2-layer, width-64 GPT (configs/demo_transfer.py's target body, so the demo transfers
-from it) on 64-token windows with the demo's tokenizers. README, "Shipped donors", gives the
-time and the eval loss each reached.
+  python -m igpt.transfer.donors.ship runs/donors/prose prose
+Each trains a 2-layer, width-64 GPT (configs/demo_transfer.py's target model, so the demo
+transfers from it) on 64-token windows with the demo's tokenizers, 4,000 steps of 2,048 tokens.
+README, "Shipped donors", gives the time and the eval loss each reached.
 """
 import ml_collections
 

@@ -15,7 +15,7 @@ from igpt.model import Transformer
 from igpt.training.loop import on_mesh
 from igpt.transfer import donors, init as transfer_init
 from igpt.transfer.arms import SOURCE_MODES, TransferError, parse_arm
-from igpt.transfer.donors import growth, hf_gpt2
+from igpt.transfer.donors import growth, hf_gpt2, shipped
 from igpt.transfer.donors.safetensors_numpy import read_safetensors
 
 GPT2 = dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=300, n_positions=64, n_embd=64,
@@ -450,3 +450,52 @@ def test_grow_vocab_trains_image_tokens_after_a_gpt2_donors_tokens(gpt2_dir, dat
     assert meta["vocab"] == 316 and "head" not in params  # tied, as the donor
     losses = train_losses(tmp_path / "run")
     assert len(losses) == 4 and all(np.isfinite(list(losses.values())))
+
+
+# ---------------------------------------------------------------------------------------------
+# Shipped donors
+
+
+@pytest.mark.parametrize("name", ["prose", pytest.param("music", marks=pytest.mark.slow)])  # music: ~20 s to prepare
+def test_a_shipped_donors_loss_on_its_own_data_is_its_recorded_figure(name, data_dir):
+    """The shipped params, tokenizer and config reproduce donor.json's loss on the first
+    validation sequences, and that loss shows a model that has learned its modality."""
+    from igpt.transfer.donors.ship import eval_loss
+    info = shipped.info(name)
+    check = info["check"]
+    assert eval_loss(name, check["split"], check["sequences"], data_dir) == pytest.approx(check["loss"], abs=1e-4)
+    assert check["loss"] < 0.7 * np.log(info["vocab"])  # well below a uniform guess over its tokens
+
+
+@pytest.mark.parametrize("mode", SOURCE_MODES)
+def test_a_shipped_donor_initialises_every_transfer_mode(mode):
+    donor = donors.load("shipped:prose", jax.sharding.SingleDeviceSharding(jax.devices()[0]))
+    assert donor.vocab == donors.vocab_size("shipped:prose") == 256
+    fresh = jax.tree.map(lambda a: a * 0 + 7.0, donor.params)  # a target of the donor's shapes
+    init = transfer_init.init_config(mode, "shipped:prose", layers=(1,))
+    got = growth.flatten(transfer_init.initialize(init, fresh, donor, seed=0, vocab=256))
+    want = growth.flatten(donor.params)
+    assert got.keys() == want.keys()
+    body = [k for k in want if k[0] == "blocks"]
+    if mode == "stats_init":
+        assert all(not np.array_equal(got[k], want[k]) and not np.all(got[k] == 7.0) for k in body)
+    else:
+        assert all(np.array_equal(got[k], want[k]) for k in body)
+
+
+def test_an_unknown_shipped_donor_is_refused_naming_those_that_ship():
+    with pytest.raises(TransferError, match=r"no shipped donor 'poetry'; igpt ships \['music', 'prose'\]"):
+        donors.vocab_size("shipped:poetry")
+
+
+def test_igpts_safetensors_writer_is_read_by_safetensors_own_reader(tmp_path):
+    from safetensors.numpy import load_file
+    from igpt.transfer.donors.safetensors_numpy import write_safetensors
+    tensors = {"blocks/0/attn/wq/value": np.arange(24, dtype=np.float32).reshape(2, 3, 4)[:, ::2],
+               "scalar": np.array(3, np.int64), "big_endian": np.arange(3, dtype=">f4")}
+    write_safetensors(tmp_path / "x.safetensors", tensors)
+    for read in (load_file(tmp_path / "x.safetensors"), read_safetensors(tmp_path / "x.safetensors")):
+        assert read.keys() == tensors.keys()
+        for name, want in tensors.items():
+            np.testing.assert_array_equal(read[name], want)
+            assert read[name].shape == want.shape

@@ -40,18 +40,20 @@ def run_config(name: str) -> ml_collections.ConfigDict:
 
 def eval_loss(name: str, split: str = "validation", sequences: int = CHECK_SEQUENCES,
               data_dir: str | None = None) -> float:
-    """The donor's mean loss (nats/token) on the first `sequences` of `split` of its own data,
-    tokenized with its own tokenizer, on one device."""
+    """The donor's mean loss (nats/token) on the first `sequences` (at most all) of `split` of
+    its own data, tokenized with its own tokenizer, on one device."""
     cfg = run_config(name)
     data = ml_collections.ConfigDict(cfg.data.to_dict())
     if data_dir is not None:
         data.data_dir = data_dir
     tokenizer = pipeline.build_tokenizer(ml_collections.ConfigDict(dict(data.to_dict(), tokenizer=str(
         shipped.directory(name) / shipped.TOKENIZER))))
-    rows = pipeline.build_dataset(data, split, tokenizer).batch(0, sequences, shuffle=False)
+    dataset = pipeline.build_dataset(data, split, tokenizer)
+    rows = dataset.batch(0, min(sequences, len(dataset)), shuffle=False)
     params, vocab = shipped.load(name)
-    mesh = sharding.make_mesh(sharding.mesh_config(num_devices=1))
-    with loop.on_mesh(mesh, tuple(cfg.axis_rules)):
+    one_device = sharding.mesh_config()
+    one_device.num_devices = 1
+    with loop.on_mesh(sharding.make_mesh(one_device), tuple(cfg.axis_rules)):
         graphdef, fresh = nnx.split(Transformer(cfg.model, vocab, data.seq_len, rngs=nnx.Rngs(0)), nnx.Param)
         model = nnx.merge(graphdef, in_structure_of(fresh, params))
         return float(np.mean(np.asarray(row_losses(model, rows, vocab))))
@@ -76,7 +78,8 @@ def ship(run_dir: str, name: str, data_dir: str | None = None) -> dict[str, Any]
     out.mkdir(parents=True, exist_ok=True)
     write_safetensors(out / shipped.PARAMS, {"/".join(k): np.asarray(v, np.float32) for k, v in flatten(params).items()})
     shutil.copyfile(run / shipped.CONFIG, out / shipped.CONFIG)
-    shutil.copytree(run / shipped.TOKENIZER, out / shipped.TOKENIZER, dirs_exist_ok=True)
+    shutil.copytree(run / shipped.TOKENIZER, out / shipped.TOKENIZER, dirs_exist_ok=True,
+                    ignore=shutil.ignore_patterns(".*"))  # its files, not the lock that guarded its fitting
     records = [json.loads(line) for line in (run / shipped.METRICS).read_text().splitlines() if line.strip()]
     evals = [r for r in records if r.get("split") in ("validation", "test")]
     (out / shipped.METRICS).write_text("".join(json.dumps(r) + "\n" for r in evals))
@@ -89,7 +92,11 @@ def ship(run_dir: str, name: str, data_dir: str | None = None) -> dict[str, Any]
              "check": {"split": "validation", "sequences": CHECK_SEQUENCES}}
     (out / shipped.INFO).write_text(json.dumps(donor, indent=1) + "\n")
     donor["check"]["loss"] = eval_loss(name, "validation", CHECK_SEQUENCES, data_dir)
-    donor["check"]["eval_sequences_loss"] = eval_loss(name, "validation", cfg["train"]["eval_sequences"], data_dir)
+    donor["check"]["eval_sequences_loss"] = again = eval_loss(name, "validation", cfg["train"]["eval_sequences"],
+                                                              data_dir)
+    if abs(again - last["validation"]) > 1e-4:
+        raise TransferError(f"shipped/{name} gives validation loss {again:.6f}, its run recorded "
+                            f"{last['validation']:.6f}: the export does not reproduce the run.")
     (out / shipped.INFO).write_text(json.dumps(donor, indent=1) + "\n")
     return donor
 
