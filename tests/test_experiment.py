@@ -143,3 +143,17 @@ def test_a_tiny_data_size_sweep_runs_end_to_end_and_reports_effective_data(tmp_p
     cells = summary["experiments"][0]["effective_data"]["cells"]
     assert {(c["arm"], c["examples"]) for c in cells} == {("digits/full", 30), ("digits/full", 100)}
     assert "Effective data transferred" in (exp / "report" / "report.md").read_text()
+
+
+def test_every_runs_settings_are_checked_before_any_source_pretrains(tmp_path):
+    from igpt.training.loop import TrainConfigError
+
+    c = get_config(str(tmp_path / "tfds"))
+    c.target.train.log_every = 0
+    c.source.optim.lr = float("nan")
+    with pytest.raises(TrainConfigError) as error:
+        run_experiment(c, tmp_path / "exp", log=lambda *_: None)
+    lines = [line.strip() for line in str(error.value).splitlines()]
+    assert lines == ["2 settings to fix:", "optim.lr=nan and optim.warmup_steps=10 must be finite and >= 0.",
+                     "train.log_every=0 must be at least 1."]
+    assert not (tmp_path / "exp").exists() and not (tmp_path / "tfds").exists(), "nothing made before the check"

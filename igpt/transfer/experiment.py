@@ -34,8 +34,10 @@ from etils.epath import Path
 
 from igpt import distributed, sharding
 from igpt.data import pipeline
-from igpt.gpt import base_config, optim_config, train, train_config
+from igpt.gpt import GPTTask, base_config, optim_config, train, train_config
 from igpt.paths import as_path, is_object_storage, local_cache
+from igpt.training import loop
+from igpt.training.loop import TrainConfigError
 from igpt.training.rundir import RunDir, write_json_atomic
 from igpt.transfer import bridge
 from igpt.transfer import init as transfer_init
@@ -229,6 +231,22 @@ def remaining_runs(c, exp_dir: Path, rates: dict[tuple[str, int], float]) -> Run
     return runs
 
 
+def check_runs(configs: list[ml_collections.ConfigDict]) -> None:
+    """Every run's settings checked as its trainer will check them, before the first run starts:
+    each distinct problem once, so an out-of-range target setting is not met after the sources
+    have pretrained."""
+    problems: dict[str, None] = {}
+    for cfg in configs:
+        try:
+            loop.check_config(GPTTask(cfg))
+        except ValueError as e:  # TrainConfigError, OptimizerError, the task's own
+            problems.update(dict.fromkeys(line.strip() for line in str(e).splitlines()[1:] or [str(e)]))
+    if len(problems) == 1:
+        raise TrainConfigError(next(iter(problems)))
+    if problems:
+        raise TrainConfigError(f"{len(problems)} settings to fix:\n  " + "\n  ".join(problems))
+
+
 def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
     if jax.process_index() != 0:
         return
@@ -275,13 +293,15 @@ def chosen_rates(exp_dir: Path) -> dict[tuple[str, int], float]:
 
 def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print) -> Path:
     """Runs (or resumes) everything and returns the experiment directory."""
-    exp_dir = RunDir.at(exp_dir).prepare().root  # a bucket that cannot be written is said before any work
+    exp_dir = as_path(exp_dir)
     distributed.maybe_initialize(c.distributed)
     check_seeds(c)
     sweep = sweep_runs(c, exp_dir)  # validates every arm before any training
     check_sources(c)
+    check_runs([*source_runs(c).values(), *(cfg for cfg, _ in sweep.values())])
     if c.workers > 1:
         workers.check(c.workers)
+    RunDir(exp_dir).prepare()  # a bucket that cannot be written is said before any work
     _write_experiment(exp_dir, c, complete=False)
     pipeline.build_tokenizer(c.target.data, cache_dir=exp_dir / TARGET_TOKENIZER)
     jax.config.update("jax_compilation_cache_dir", compilation_cache(exp_dir))
