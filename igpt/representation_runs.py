@@ -130,9 +130,12 @@ def committed_steps(workdir: str | os.PathLike) -> list[int]:
                                 "train it until its first train.checkpoint_every step.")
     ckpt = Checkpointer(checkpoints)
     try:
-        return sorted(ckpt.steps())
+        steps = sorted(ckpt.steps())
     finally:
         ckpt.close()
+    if not steps:
+        raise FileNotFoundError(f"{workdir} holds no committed checkpoint yet; wait for the run's first save.")
+    return steps
 
 
 # ----------------------------------------------------------------------------- probe
