@@ -127,7 +127,7 @@ def test_an_experiment_bridges_each_bridge_arm_once_for_all_its_seeds_and_rates(
         check_sources(c)
 
 
-@pytest.mark.slow  # 2 bridges and 10 target runs (about 2 minutes on 2 idle cores)
+@pytest.mark.slow  # 2 bridges and 10 target runs: 3.5 minutes on the 2 cores under load 8
 def test_a_tiny_experiment_with_bridge_partial_bridge_and_grow_vocab_arms_reports(tmp_path, data_dir):
     from igpt.transfer.report import write_report
     exp = run_experiment(get_config(data_dir, variant="donors"), tmp_path / "exp", log=lambda *_: None)
