@@ -74,6 +74,29 @@ def test_banner_names_devices_mesh_attention_data_and_where_checkpoints_go(data_
         "  writes   checkpoints every 5 steps to runs/x/checkpoints, metrics.jsonl, TensorBoard in runs/x/tb"]
 
 
+def test_progress_prints_lines_and_writes_tensorboard_scalars_config_hparams_and_pictures(tmp_path, capsys):
+    from etils import epath
+
+    from igpt.training.progress import Progress
+    progress = Progress(10, 0, enabled=True, tensorboard=epath.Path(tmp_path / "tb"),
+                        pictures=epath.Path(tmp_path / "samples"), config={"train": {"steps": 10}, "seed": 0})
+    progress.train(5, {"step": 5, "split": "train", "loss": 2.0, "lr": 0.01, "grad_norm": 1.0, "step_time": 2.0,
+                       "tokens_per_s": 256.0})
+    progress.eval(5, "test", {"step": 5, "split": "test", "loss": 2.5, "bits_per_token": 3.6})
+    progress.image("samples", np.full((8, 8, 3), 200, np.uint8), 5)
+    progress.close()
+    assert capsys.readouterr().out.splitlines() == [
+        "step 5/10: loss 2 lr 0.01 grad_norm 1 | 256 tokens/s, ETA 10 s",
+        "step 5/10: test loss 2.5 bits_per_token 3.6"]
+    assert (np.asarray(Image.open(tmp_path / "samples" / "samples_step_0000005.png")) == 200).all()
+    events = _events(tmp_path / "tb")
+    tags = {v.tag for e in events for v in e.summary.value}
+    assert {"train/loss", "train/lr", "test/bits_per_token", "samples", "config/text_summary",
+            "_hparams_/experiment", "_hparams_/session_start_info"} <= tags
+    text = next(v.tensor.string_val[0] for e in events for v in e.summary.value if v.tag == "config/text_summary")
+    assert b'"steps": 10' in text
+
+
 def _events(tb_dir) -> list:
     """Every event of a TensorBoard directory (TFRecord framing: length, crc, data, crc)."""
     from tensorboardX.proto import event_pb2

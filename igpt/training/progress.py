@@ -170,7 +170,7 @@ class Progress:
         if sys.stdout.isatty():
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True,
-                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt} {postfix}")
+                            bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{postfix}")
 
     def _scalars(self, split: str, step: int, rec: dict[str, Any]) -> None:
         for key, value in _numbers(rec).items():
