@@ -32,8 +32,8 @@ def wandb_config() -> ml_collections.ConfigDict:
 
 def problems(cfg: ml_collections.ConfigDict) -> list[str]:
     """Why the `wandb` section cannot be used, one line each (none when W&B is off)."""
-    w = cfg.wandb
-    if not w.project:
+    w = cfg.get("wandb")
+    if w is None or not w.project:
         return []
     found = []
     if w.mode not in MODES:
