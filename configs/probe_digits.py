@@ -6,7 +6,7 @@ igpt-probe --workdir RUN on each target run). A 2-layer, width-64 GPT pretrained
 shipped prose (bytes), then trained 150 steps on 8x8 digits (16 gray levels) from scratch and
 from the prose body, 5 seeds each; every checkpoint (steps 50, 100, 150) is probed on each
 layer, and each prose/full run is compared with scratch's of the same seed (CKA, stitching).
-Expect about 10 minutes on 2 CPU cores (benchmarks/RESULTS.md, "Representations").
+Expect about 7 minutes on 2 CPU cores (benchmarks/RESULTS.md, "Representations").
 """
 from igpt.data import specs
 from igpt.gpt import optim_config, train_config

@@ -162,14 +162,14 @@ def _heatmaps(sims: list[Similarity], kind: str, slug: str) -> Chart:
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(shown), squeeze=False)[0]
     cka = kind == "cka"
+    span = 1.0 if cka else max(max(float(np.abs(s.matrix).max()) for s in shown), 1e-6)  # one scale for all panels
     for ax, s in zip(axes, shown):
-        span = 1.0 if cka else max(float(np.abs(s.matrix).max()), 1e-6)
         image = ax.imshow(s.matrix, cmap="viridis" if cka else "RdBu_r", vmin=0.0 if cka else -span, vmax=span,
                           origin="lower")
         if s.matrix.size <= 144:
             for (i, j), v in np.ndenumerate(s.matrix):
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if (cka and v < 0.6) else "black")
+                dark = v < 0.6 if cka else abs(v) > 0.6 * span
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7, color="white" if dark else "black")
         ax.set_xticks(range(len(s.layers_b)), s.layers_b, rotation=45, fontsize=7)
         ax.set_yticks(range(len(s.layers_a)), s.layers_a, fontsize=7)
         ax.set(xlabel=f"{s.b} layer", ylabel=f"{s.a} layer", title=f"{s.a} vs {s.b} ({s.pairs} pairs)")
