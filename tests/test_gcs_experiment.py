@@ -16,6 +16,7 @@ from igpt.transfer.experiment import run_experiment
 def _config(data_dir: str):
     c = get_config(data_dir)
     c.arms, c.seeds = (SCRATCH, "digits/full"), (0,)
+    c.representations = False  # probes have their own tests
     c.source.train.steps = c.target.train.steps = 10
     c.source.train.eval_every = c.target.train.eval_every = 5
     c.target.train.checkpoint_every = 5

@@ -40,6 +40,7 @@ def get_config(data_dir: str = "~/.cache/igpt/tfds", variant: str = "planted"):
     c.arms = (SCRATCH, "digits/full", "noise/full")
     c.seeds = (0, 1, 2)
     c.lrs = (1e-2,)
+    c.representations = False  # probes of these runs: tests/test_representations.py
     if variant == "controls":
         c.target.optim.schedule = "constant"
         c.arms = (SCRATCH, "digits/full", "digits/stats_init", "digits/shuffled_source", "mimetic", "frozen_random")

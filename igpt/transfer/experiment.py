@@ -36,6 +36,7 @@ from igpt import distributed, sharding
 from igpt.data import pipeline
 from igpt.gpt import GPTTask, base_config, optim_config, train, train_config
 from igpt.paths import as_path, is_object_storage, local_cache
+from igpt.representation_runs import probe_experiment
 from igpt.training import loop
 from igpt.training.loop import TrainConfigError
 from igpt.training.rundir import RunDir, write_json_atomic
@@ -84,6 +85,8 @@ def experiment_config() -> ml_collections.ConfigDict:
                                                 # next; every arm runs each (empty: the whole train split)
         scratch_sizes=(),                       # larger sizes only scratch runs, to read D_E within its range
         workers=1,                              # trainings at once, each its own process (CPU hosts)
+        representations=True,                   # with a labelled target: linear probes of every target run
+                                                # and CKA / stitching between arms (igpt.representation_runs)
         positions="interpolate",
         mesh=sharding.mesh_config(),
         axis_rules=sharding.DEFAULT_RULES,
@@ -323,5 +326,7 @@ def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print)
         log("chosen rates (validation): " + ", ".join(f"{arm}{f' n{n}' if n else ''} {lr:g}"
                                                       for (arm, n), lr in rates.items()))
         _train_all(remaining_runs(c, exp_dir, rates), exp_dir, c, log)
+    if c.representations and jax.process_count() == 1:  # features are not gathered across hosts
+        probe_experiment(exp_dir, c.target.data, log=log)
     _write_experiment(exp_dir, c, complete=True)
     return exp_dir

@@ -23,6 +23,7 @@ from igpt.transfer.report.analysis import Analysis, Headline, analyse
 from igpt.transfer.report.collect import Run, discover, labels_as_given, read_experiment, read_runs
 from igpt.transfer.report.data_sweep import analyse_sweep, scaling_laws
 from igpt.transfer.report.figures import experiment_charts, run_charts, scaling_chart, sweep_chart
+from igpt.transfer.report.representations import experiment_representations, runs_representations
 from igpt.transfer.report.render import (Section, experiment_section, render_html, render_md, runs_section,
                                          scaling_section, sweep_section, terminal_lines)
 
@@ -171,14 +172,20 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
         if sweep is not None:
             sweeps[str(exp.dir)] = sweep
             sections.append(sweep_section(sweep, [sweep_chart(sweep, slug)]))
+        representations = experiment_representations(a, slug)
+        if representations:
+            sections.append(representations)
     laws = scaling_laws(list(sweeps.values()))
     if sweeps:
         sections.append(scaling_section(laws, list(sweeps.values()),
                                         [scaling_chart(list(sweeps.values()), laws, _slug("scaling", taken))]))
     singles, unreadable = read_runs(single_dirs, labels_as_given(inputs, single_dirs))
     if singles or unreadable:
-        sections.append(runs_section(singles, run_charts(singles, _slug("runs", taken), log_x), unreadable,
-                                     targets or []))
+        slug = _slug("runs", taken)
+        sections.append(runs_section(singles, run_charts(singles, slug, log_x), unreadable, targets or []))
+        representations = runs_representations(singles, slug)
+        if representations:
+            sections.append(representations)
     summary = _summary(paths, analyses, singles, unreadable, sections)
     for entry in summary["experiments"]:
         sweep = sweeps.get(entry["dir"])
