@@ -9,6 +9,7 @@ shows the traceback of user errors too.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import os
 import sys
@@ -48,7 +49,7 @@ def parse_flags_clearly(argv: list[str], flag_values=None) -> list[str]:
         overrides = [a for a in argv[1:] if a.startswith("--config.")]
         if not overrides and not isinstance(e, flags.Error):  # then it came from the config file itself
             _exit(_not_loading(argv, e))
-        _exit(f"bad flag or config override ({_first_line(e).strip(chr(34))}); overrides given: "
+        _exit(f"bad flag or config override ({_override_problem(e)}); overrides given: "
               f"{' '.join(overrides) or 'none'}. Every --config.X must name a field the config file sets, "
               "with a value of its type.")
     except Exception as e:  # noqa: BLE001 - whatever the config file raised, said in one line
@@ -62,6 +63,18 @@ def _not_loading(argv: list[str], e: BaseException) -> str:
     from igpt.launch import flag_value
     cause = e.__cause__ or e
     return f"config file {flag_value(argv, '--config')!r} does not load: {type(cause).__name__}: {_last_line(cause)}"
+
+
+def _override_problem(e: BaseException) -> str:
+    """What is wrong with an override, on one line. ml_collections raises a KeyError whose message
+    absl then quotes (a repr, the newline before "Did you mean" a literal backslash-n): unquoted."""
+    text = e.args[0] if isinstance(e, KeyError) and e.args and isinstance(e.args[0], str) else str(e)
+    while len(text) > 1 and text[0] == text[-1] and text[0] in "'\"":
+        try:
+            text = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            break
+    return " ".join(str(text).split())
 
 
 def _first_line(e: BaseException) -> str:
