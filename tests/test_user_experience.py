@@ -281,3 +281,13 @@ def test_audio_of_a_chosen_length_slides_the_window():
     assert long.shape == (2, 40) and (long[:, :8] == prompt).all()
     np.testing.assert_array_equal(long[:, :16], first)  # the first window is generate's
     assert tokens_for_seconds(MulawTokenizer(255), 256, 8000, 2.5) == 20000  # one token per sample
+
+
+def test_fit_tokenizer_usage_shows_both_of_its_modes(capsys):
+    from igpt.commands.fit_tokenizer import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["--help"])
+    assert done.value.code == 0
+    usage = capsys.readouterr().out.splitlines()[:2]
+    assert "--data SOURCE --tokenizer palette:K|gray:L" in usage[0] and "--config configs/vq_X.py --workdir DIR" in usage[1]

@@ -64,8 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if any(a.startswith(("--config", "--workdir")) for a in argv):
         return fit_vq(argv)
-    parser = argparse.ArgumentParser(prog="igpt-fit-tokenizer", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="igpt-fit-tokenizer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="%(prog)s --data SOURCE --tokenizer palette:K|gray:L [--res N] --out DIR\n"
+              "       %(prog)s --config configs/vq_X.py --workdir DIR [--config.a.b=v ...]")
     parser.add_argument("--data", required=True, help="shipped:photos | shipped:digits | tfds:NAME")
     parser.add_argument("--tokenizer", required=True, help="palette:K or gray:LEVELS")
     parser.add_argument("--res", type=int, default=32, help="images are resized/centre-cropped to res x res")
