@@ -372,7 +372,8 @@ def test_smaller_training_sets_are_prefixes_and_validation_does_not_move(data_di
 def test_first_use_of_shipped_data_says_one_line_and_downloads_nothing(tmp_path, capfd):
     shipped.prepared_builder("digits", tmp_path)
     out, err = capfd.readouterr()
-    assert out.strip() == f"preparing shipped:digits in {tmp_path}/shipped_digits/1.0.0 (once; nothing is downloaded)"
+    assert out.strip() == (f"preparing shipped:digits in {tmp_path}/shipped_digits/1.0.0, once, ~2 s "
+                           "(from installed packages: nothing is downloaded)")
     assert "Downloading" not in out + err and "dataset_info.json" not in err
     shipped.prepared_builder("digits", tmp_path)
     assert capfd.readouterr() == ("", ""), "prepared data is used silently"

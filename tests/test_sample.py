@@ -48,7 +48,7 @@ def prompt(batch: int, length: int, seed: int = 1) -> jax.Array:
     return jax.random.randint(jax.random.key(seed), (batch, length), 0, VOCAB)
 
 
-@pytest.mark.parametrize("positions", ["learned", "rotary"])
+@pytest.mark.parametrize("positions", ["learned", pytest.param("rotary", marks=pytest.mark.slow)])  # rotary: cached greedy test
 def test_decode_in_chunks_reproduces_the_full_forward_logits(positions):
     graphdef, params = build(positions)
     model = nnx.merge(graphdef, params)

@@ -59,6 +59,7 @@ def _wait_for(predicate, timeout=240, proc=None):
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow  # the default set kills and resumes the same CLI with its workdir in a bucket (test_gcs_train)
 def test_sigkill_after_checkpoint_resumes_bitwise(tmp_path, data_dir, reference):
     workdir = tmp_path / "killed"
     proc = subprocess.Popen(cli_command(workdir, data_dir), env=cli_env(), cwd=REPO,

@@ -68,6 +68,7 @@ def test_sigterm_and_sigint_ask_to_stop(sig):
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+@pytest.mark.slow  # test_vq's image_run fits the VQ task through the same loop and checks the same files
 def test_one_step_smoke_of_the_vq_fitting_task(tmp_path, data_dir):
     """The VQ task through the same loop as GPT's: run.json, metrics, the saved tokenizer."""
     from igpt import tokenizers
