@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from igpt import sharding
-from igpt.data import pipeline
+from igpt.data import pipeline, sources
 from igpt.model import Transformer, flops_per_token, with_bos
 from igpt.training import loop, optim
 from igpt.training.metrics import bits
@@ -137,6 +137,7 @@ class GPTTask:
             raise loop.TrainConfigError(f"train.eval_sequences={cfg.train.eval_sequences} must be at least 0 "
                                         "(0: whole splits).")
         check_mode(cfg.init.mode, cfg.init.layers, cfg.model.num_layers)
+        sources.check_source(cfg.data.source, cfg.data.data_dir)  # before the run dir holds anything
         if cfg.model.width % cfg.model.num_heads:
             raise loop.TrainConfigError(f"model.width={cfg.model.width} does not split into model.num_heads="
                                         f"{cfg.model.num_heads} heads; use a width that is a multiple of the heads.")

@@ -291,3 +291,15 @@ def test_fit_tokenizer_usage_shows_both_of_its_modes(capsys):
     assert done.value.code == 0
     usage = capsys.readouterr().out.splitlines()[:2]
     assert "--data SOURCE --tokenizer palette:K|gray:L" in usage[0] and "--config configs/vq_X.py --workdir DIR" in usage[1]
+
+
+def test_a_run_refused_for_its_data_source_leaves_no_directory(tmp_path, data_dir):
+    from igpt.data import DataError
+    from igpt.gpt import train
+    from trainer_fixtures import tiny_config
+
+    cfg = tiny_config(data_dir)
+    cfg.data.source = "shipped:nope"
+    with pytest.raises(DataError, match="unknown shipped dataset 'nope'"):
+        train(cfg, str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists(), "checked before the run directory holds anything"

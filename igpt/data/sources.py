@@ -39,6 +39,24 @@ def check_data_dir(source: str, data_dir: str | os.PathLike) -> None:
         "directories (--workdir) too.")
 
 
+def check_source(source: str, data_dir: str | os.PathLike) -> None:
+    """The source's spelling, and where it may live, checked before any work (no data is read):
+    an unknown kind or shipped name, a malformed catalog name, shipped data in a bucket."""
+    kind, _, name = source.partition(":")
+    if kind == "shipped":
+        from igpt.data.shipped import BUILDERS
+        if name not in BUILDERS:
+            raise DataError(f"unknown shipped dataset {name!r} (from data.source {source!r}); "
+                            f"choose one of {', '.join('shipped:' + n for n in BUILDERS)}.")
+    elif kind == "tfds":
+        from igpt.data.catalog import parse_name
+        parse_name(name)
+    else:
+        raise DataError(f"unknown data.source {source!r}; write shipped:NAME (photos, digits, prose, music) "
+                        "or tfds:NAME[/CONFIG][:VERSION] (e.g. tfds:cifar10).")
+    check_data_dir(source, data_dir)
+
+
 def open_split(data_cfg: ml_collections.ConfigDict, split: str, key: str) -> RawSplit:
     """Opens feature `key` of `split` of `data_cfg.source`, preparing a shipped dataset on first use.
 
