@@ -140,3 +140,12 @@ def test_a_tiny_experiment_with_bridge_partial_bridge_and_grow_vocab_arms_report
                                                                   "prose/grow_vocab"}
     assert all(np.isfinite(h["target_bits"]) for h in reported["headline"].values())
     assert (exp / "report" / "report.html").exists()
+
+
+def test_a_bad_bridge_setting_is_refused_before_any_work(tmp_path):
+    c = get_config("unused", variant="donors")
+    c.bridge.classes, c.bridge.steps = 1, 0
+    with pytest.raises(ValueError, match=r"2 settings to fix:\n  train.steps=0 must be at least 1.\n  "
+                                         r"bridge.classes=1: random labels need at least 2 classes."):
+        run_experiment(c, tmp_path / "exp", log=lambda *_: None)
+    assert not (tmp_path / "exp").exists()

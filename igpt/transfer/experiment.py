@@ -234,14 +234,14 @@ def remaining_runs(c, exp_dir: Path, rates: dict[tuple[str, int], float]) -> Run
     return runs
 
 
-def check_runs(configs: list[ml_collections.ConfigDict]) -> None:
+def check_runs(tasks: list[loop.Task]) -> None:
     """Every run's settings checked as its trainer will check them, before the first run starts:
     each distinct problem once, so an out-of-range target setting is not met after the sources
     have pretrained."""
     problems: dict[str, None] = {}
-    for cfg in configs:
+    for task in tasks:
         try:
-            loop.check_config(GPTTask(cfg))
+            loop.check_config(task)
         except ValueError as e:  # TrainConfigError, OptimizerError, the task's own
             problems.update(dict.fromkeys(line.strip() for line in str(e).splitlines()[1:] or [str(e)]))
     if len(problems) == 1:
@@ -301,7 +301,8 @@ def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print)
     check_seeds(c)
     sweep = sweep_runs(c, exp_dir)  # validates every arm before any training
     check_sources(c)
-    check_runs([*source_runs(c).values(), *(cfg for cfg, _ in sweep.values())])
+    gpt_runs = [*source_runs(c).values(), *(cfg for cfg, _ in sweep.values())]
+    check_runs([*map(GPTTask, gpt_runs), *(bridge.BridgeTask(cfg) for cfg, _ in bridge_runs(c, exp_dir).values())])
     if c.workers > 1:
         workers.check(c.workers)
     RunDir(exp_dir).prepare()  # a bucket that cannot be written is said before any work
