@@ -125,6 +125,9 @@ def test_an_experiment_bridges_each_bridge_arm_once_for_all_its_seeds_and_rates(
     c.arms = ("prose/shuffled_source",)
     with pytest.raises(TransferError, match="given as the donor 'shipped:prose', not as data"):
         check_sources(c)
+    c.sources.prose = "shipped:poetry"
+    with pytest.raises(TransferError, match="no shipped donor 'poetry'"):
+        check_sources(c)
 
 
 @pytest.mark.slow  # 2 bridges and 10 target runs: 3.5 minutes on the 2 cores under load 8

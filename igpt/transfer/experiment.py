@@ -40,7 +40,7 @@ from igpt.representation_runs import probe_experiment
 from igpt.training import loop
 from igpt.training.loop import TrainConfigError
 from igpt.training.rundir import RunDir, write_json_atomic
-from igpt.transfer import bridge
+from igpt.transfer import bridge, donors
 from igpt.transfer import init as transfer_init
 from igpt.transfer import workers
 from igpt.transfer.arms import BRIDGE, SCRATCH, Arm, TransferError, parse_arm
@@ -183,7 +183,10 @@ def sizes(c, arm: Arm) -> tuple[int, ...]:
 
 
 def check_sources(c) -> None:
-    """A token-shuffled twin needs the source's data: a donor given ready has none."""
+    """Every donor given ready exists (its vocabulary is read); a token-shuffled twin needs the
+    source's data, which a donor given ready does not have."""
+    for source in {source for source in c.sources.values() if is_donor(source)}:
+        donors.vocab_size(source)
     for arm in _arms(c):
         if arm.mode == "shuffled_source" and is_donor(c.sources[arm.source]):
             raise TransferError(f"arm {arm.name!r} pretrains a token-shuffled twin of {arm.source!r}, which is given as "
