@@ -100,6 +100,7 @@ def assert_same_model(a, b, tol=1e-5):
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=tol, atol=tol), a[1], b[1])
 
 
+@pytest.mark.slow  # compile-heavy; the kernel's forward and gradients match xla's in the default set
 def test_blockwise_model_matches_xla_model_on_a_sharded_mesh():
     tokens = jax.random.randint(jax.random.key(1), (4, 48), 0, 32)
     mesh = mesh_of(data=2, fsdp=2, tensor=2)
@@ -108,6 +109,7 @@ def test_blockwise_model_matches_xla_model_on_a_sharded_mesh():
                       model_grads(model_config("nano", attention="xla", **base), tokens, mesh))
 
 
+@pytest.mark.slow  # compile-heavy; scan_layers is an option, off by default
 def test_scanned_layers_match_unrolled_layers_with_the_same_param_tree():
     tokens = jax.random.randint(jax.random.key(1), (2, 16), 0, 32)
     mesh = mesh_of(data=1)

@@ -539,3 +539,15 @@ def test_a_scratch_seed_that_is_not_data_limited_is_left_out_with_a_note(tmp_pat
     assert any("seed 2 left out" in n for n in sweep["notes"])
     prose = {c["examples"]: c["result"] for c in sweep["cells"] if c["arm"] == "prose/full"}
     assert prose[300]["n_exact"] == 4 and prose[300]["multiplier"]["mean"] == pytest.approx(3.0, rel=0.05)
+
+
+def test_a_bridge_run_is_part_of_its_arm_not_a_run_left_out(tmp_path):
+    from test_gcs_report import _experiment
+
+    exp = tmp_path / "exp"
+    _experiment(exp)
+    write_run(exp / "bridges" / "prose__bridge", {"role": "bridge", "source": "prose", "finished": True},
+              {"validation": 1.0})
+    write_run(exp / "odd", {"role": "mystery", "finished": True}, {"validation": 1.0})
+    skipped = write_report([exp], tmp_path / "report")["experiments"][0]["skipped"]
+    assert skipped == ["odd: run.json role 'mystery', not source, bridge or target"]

@@ -274,8 +274,9 @@ def _assemble(exp_dir: Path, meta: dict[str, Any], runs: list[Run], size: int) -
     """The experiment with its grid over the target runs at train-set size `size`."""
     targets = [r for r in runs if r.info.get("role") == "target"]
     sources = [r for r in runs if r.info.get("role") == "source"]
-    skipped = [f"{r.label}: run.json role {r.info.get('role')!r}, not source or target"
-               for r in runs if r not in targets and r not in sources]
+    stages = {"bridge"}  # runs between a source and its targets (igpt.transfer.bridge): part of the arm, not compared
+    skipped = [f"{r.label}: run.json role {r.info.get('role')!r}, not source, bridge or target"
+               for r in runs if r not in targets and r not in sources and r.info.get("role") not in stages]
     grid: Grid = {}
     for r in targets:
         missing = [k for k in ("arm", "lr", "seed") if k not in r.info]
