@@ -186,20 +186,30 @@ def train_problems(t: ml_collections.ConfigDict) -> list[str]:
             if t.get(k, low) < low]
 
 
-def check_config(task: Task) -> None:
-    """Refuses a config no run can use before any work (no workdir, data or compile yet): the
-    loop's, the optimizer's and the task's checks all run, and every problem found gets a line."""
+def config_problems(task: Task) -> list[ValueError]:
+    """Every problem of the task's config no run can use: the loop's, the optimizer's and the
+    task's checks all run (no workdir, data or compile needed)."""
     cfg = task.cfg
-    problems = [TrainConfigError(p) for p in train_problems(cfg.train) + tracking.problems(cfg)]
+    problems: list[ValueError] = [TrainConfigError(p) for p in train_problems(cfg.train) + tracking.problems(cfg)]
     for check in (lambda: optim.check(cfg.optim, task.optimizers), task.check):
         try:
             check()
         except ValueError as e:
             problems.append(e)
+    return problems
+
+
+def refuse(problems: list[ValueError]) -> None:
+    """Raises the one problem as it is, or all of them, a line each; nothing when there are none."""
     if len(problems) == 1:
         raise problems[0]
     if problems:
         raise TrainConfigError(f"{len(problems)} settings to fix:\n  " + "\n  ".join(map(str, problems)))
+
+
+def check_config(task: Task) -> None:
+    """Refuses a config no run can use before any work, every problem found in a line."""
+    refuse(config_problems(task))
 
 
 def check_resume(run: RunDir, cfg: ml_collections.ConfigDict) -> tuple[dict[str, Any], list[str]]:

@@ -38,7 +38,6 @@ from igpt.gpt import GPTTask, base_config, optim_config, train, train_config
 from igpt.paths import as_path, is_object_storage, local_cache
 from igpt.representation_runs import probe_experiment
 from igpt.training import loop
-from igpt.training.loop import TrainConfigError
 from igpt.training.rundir import RunDir, write_json_atomic
 from igpt.transfer import bridge, donors
 from igpt.transfer import init as transfer_init
@@ -241,16 +240,8 @@ def check_runs(tasks: list[loop.Task]) -> None:
     """Every run's settings checked as its trainer will check them, before the first run starts:
     each distinct problem once, so an out-of-range target setting is not met after the sources
     have pretrained."""
-    problems: dict[str, None] = {}
-    for task in tasks:
-        try:
-            loop.check_config(task)
-        except ValueError as e:  # TrainConfigError, OptimizerError, the task's own
-            problems.update(dict.fromkeys(line.strip() for line in str(e).splitlines()[1:] or [str(e)]))
-    if len(problems) == 1:
-        raise TrainConfigError(next(iter(problems)))
-    if problems:
-        raise TrainConfigError(f"{len(problems)} settings to fix:\n  " + "\n  ".join(problems))
+    problems = {str(p): p for task in tasks for p in loop.config_problems(task)}
+    loop.refuse(list(problems.values()))
 
 
 def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
