@@ -483,6 +483,17 @@ def test_a_shipped_donor_initialises_every_transfer_mode(mode):
         assert all(np.array_equal(got[k], want[k]) for k in body)
 
 
+@pytest.mark.parametrize("name", ["prose", "music"])
+def test_a_shipped_donors_pretraining_flops_are_its_tokens_times_its_models_flops_per_token(name):
+    from igpt.model import flops_per_token
+    from igpt.transfer.donors.ship import run_config
+    info, cfg = shipped.info(name), run_config(name)
+    per_token = flops_per_token(cfg.model, info["vocab"], info["seq_len"])
+    assert info["tokens_seen"] == info["steps"] * cfg.train.global_batch * cfg.data.seq_len
+    assert donors.pretraining_flops(f"shipped:{name}") == info["tokens_seen"] * per_token > 0
+    assert donors.pretraining_flops("hf:/any/gpt2") is None  # an imported model's pretraining is not known
+
+
 def test_an_unknown_shipped_donor_is_refused_naming_those_that_ship():
     with pytest.raises(TransferError, match=r"no shipped donor 'poetry'; igpt ships \['music', 'prose'\]"):
         donors.vocab_size("shipped:poetry")

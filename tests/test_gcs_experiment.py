@@ -11,6 +11,7 @@ from tiny_experiment import get_config
 from igpt.commands.report import main as report_main
 from igpt.training.rundir import RunDir
 from igpt.transfer.arms import SCRATCH
+from igpt.transfer.donors import shipped
 from igpt.transfer.experiment import run_experiment
 
 
@@ -45,4 +46,7 @@ def test_an_experiment_in_a_bucket_trains_resumes_and_reports(data_dir, gcs_root
     summary = json.loads((exp / "report" / "summary.json").read_text())
     assert summary["experiments"][0]["dir"] == exp_url
     assert set(summary["experiments"][0]["headline"]) == {"prose/full"}
+    assert json.loads((exp / "experiment.json").read_text())["donor_flops"] == {
+        "prose": shipped.pretraining_flops("prose")}
+    assert not summary["experiments"][0]["notes"]  # the donor's training FLOPs are known: no "No FLOPs speedup"
     assert (exp / "report" / "report.html").exists()

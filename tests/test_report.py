@@ -297,6 +297,28 @@ def test_flops_speedup_counts_the_source_pretraining(new_report):
     assert h["flops"]["mean"] < 1.0 < h["speedup"]  # faster in steps, not end to end
 
 
+def test_flops_speedup_counts_a_shipped_donors_training_and_a_bridge_stage(tmp_path):
+    """Sources given as donors: prose's training FLOPs come from experiment.json (what donor.json
+    recorded), music's are unknown (an imported model): no FLOPs speedup for it, said in a note.
+    A bridge run of prose/full adds its FLOPs to that arm alone."""
+    exp = make_new_experiment(tmp_path)
+    shutil.rmtree(exp / "sources")
+    meta = json.loads((exp / "experiment.json").read_text())
+    donor = 500 * TOKENS_PER_STEP * FLOPS_PER_TOKEN
+    meta.update(donors={"prose": "shipped:prose", "music": "hf:gpt2"}, donor_flops={"prose": donor, "music": None})
+    (exp / "experiment.json").write_text(json.dumps(meta))
+    write_run(exp / "bridges" / "prose__full", {"role": "bridge", "arm": "prose/full", "source": "prose",
+                                               "finished": True, "flops_per_token": FLOPS_PER_TOKEN},
+              {"validation": 1.0}, last_step=200)
+    got = write_report([exp], tmp_path / "report")["experiments"][0]
+    for arm, before in (("prose/full", 500 + 200), ("prose/stats_init", 500)):
+        per_seed = got["comparison"]["arms"][arm]["targets"][-1]["speedup"]["per_seed"]
+        expected = [s["baseline"] / (s["arm"] + before) for s in per_seed.values() if s["arm"] is not None]
+        assert got["headline"][arm]["flops"]["mean"] == pytest.approx(np.exp(np.mean(np.log(expected))), rel=1e-9)
+    assert got["headline"]["music/full"]["flops"] is None
+    assert any(n.startswith("No FLOPs speedup for music/frozen_body, music/full:") for n in got["notes"])
+
+
 def test_transfer_is_claimed_against_the_best_control(new_report):
     out, exp = new_report
     assert exp["controls"] == ["prose/stats_init"]

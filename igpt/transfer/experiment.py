@@ -251,6 +251,8 @@ def _write_experiment(exp_dir: Path, c, complete: bool) -> None:
             "seeds": list(c.seeds), "heldout_seeds": list(c.heldout_seeds), "lr_seeds": list(c.lr_seeds),
             "lrs": list(c.lrs), "target_sizes": list(c.target_sizes), "scratch_sizes": list(c.scratch_sizes),
             "donors": {name: source for name, source in c.sources.items() if is_donor(source)},
+            "donor_flops": {name: donors.pretraining_flops(source) for name, source in c.sources.items()
+                            if is_donor(source)},
             "bridge": c.bridge.to_dict() if any(a.mode == BRIDGE for a in _arms(c)) else None,
             "complete": complete}
     write_json_atomic(exp_dir / "experiment.json", info)

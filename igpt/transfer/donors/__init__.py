@@ -64,6 +64,23 @@ def vocab_size(source: str) -> int:
     return int(_checkpoint_meta(source)["vocab"])
 
 
+def pretraining_flops(source: str) -> float | None:
+    """FLOPs spent training the donor (tokens seen x training FLOPs per token), for the report's
+    FLOPs speedup; None when unknown: an imported language model, or a run that did not count them."""
+    if hf_directory(source) is not None:
+        return None
+    name = shipped_name(source)
+    if name is not None:
+        return shipped.pretraining_flops(name)
+    run = RunDir.at(source)
+    info, cfg = run.read_info(), run.read_config() or {}
+    try:
+        tokens = int(info["step"]) * int(cfg["train"]["global_batch"]) * int(cfg["data"]["seq_len"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return tokens * float(info.get("flops_per_token") or 0.0) or None
+
+
 def _checkpoint_meta(run_dir: str) -> dict[str, Any]:
     directory = RunDir.at(run_dir).checkpoints
     if not as_path(directory).is_dir():

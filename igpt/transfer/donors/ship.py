@@ -87,6 +87,7 @@ def ship(run_dir: str, name: str, data_dir: str | None = None) -> dict[str, Any]
     cfg = json.loads((run / shipped.CONFIG).read_text())
     donor = {"name": name, "vocab": int(meta["vocab"]), "seq_len": cfg["data"]["seq_len"], "dtype": "float32",
              "steps": state["step"], "tokens_seen": state["step"] * cfg["train"]["global_batch"] * cfg["data"]["seq_len"],
+             "flops_per_token": state["flops_per_token"],
              "eval": last, "eval_sequences": cfg["train"]["eval_sequences"],
              "train_wall_seconds": round(records[-1]["wall_time"] - records[0]["wall_time"]),
              "check": {"split": "validation", "sequences": CHECK_SEQUENCES}}

@@ -41,6 +41,12 @@ def info(name: str) -> dict[str, Any]:
     return json.loads((directory(name) / INFO).read_text())
 
 
+def pretraining_flops(name: str) -> float:
+    """The FLOPs that trained the donor: its tokens seen x its run's training FLOPs per token."""
+    recorded = info(name)
+    return float(recorded["tokens_seen"]) * float(recorded["flops_per_token"])
+
+
 def load(name: str) -> tuple[dict[str, Any], int]:
     """(params as a nested dict of numpy arrays keyed like a Transformer's nnx.State, vocabulary size)."""
     flat = read_safetensors(directory(name) / PARAMS)

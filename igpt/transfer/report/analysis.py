@@ -149,10 +149,10 @@ class Analysis:
         return out
 
 
-def _cost(exp: Experiment, runs: list[Run]) -> Cost | None:
-    """An arm's FLOPs per token (run.json) and its source's pretraining FLOPs (source run's
-    tokens seen x its FLOPs per token); None when unknown: 0 per token, seeds that differ, or
-    no source run with known FLOPs."""
+def _cost(exp: Experiment, arm: str, runs: list[Run]) -> Cost | None:
+    """An arm's FLOPs per token (run.json) and what it spent before its target runs: its
+    source's pretraining (Experiment.pretraining_flops) plus any bridge stage's tokens x FLOPs
+    per token; None when unknown: 0 per token, seeds that differ, or a cost before unknown."""
     per_token = {r.flops_per_token for r in runs}
     names = {r.info.get("source") for r in runs}
     if len(per_token) != 1 or len(names) != 1 or min(per_token) <= 0:
@@ -160,9 +160,8 @@ def _cost(exp: Experiment, runs: list[Run]) -> Cost | None:
     (name,) = names
     if name is None:
         return Cost(min(per_token), 0.0)
-    source = exp.source_run(name)
-    before = source.tokens_seen * source.flops_per_token if source else 0.0
-    return Cost(min(per_token), before) if before > 0 else None
+    before = [exp.pretraining_flops(name)] + [r.tokens_seen * r.flops_per_token for r in exp.stage_runs(arm)]
+    return Cost(min(per_token), sum(before)) if all(before) else None
 
 
 def _choose_targets(given: list[float] | None, held_out: dict[int, Run],
@@ -218,11 +217,12 @@ def analyse(exp: Experiment, targets: list[float] | None) -> Analysis:
     if not chosen.get(SCRATCH) or not levels:
         notes.append(f"No speedups yet: the baseline arm {SCRATCH!r} has no test and validation metrics.")
         return Analysis(exp, choice, chosen, held_out, levels, source, controls, None, {}, one_split, notes)
-    costs = {arm: c for arm, runs in chosen.items() if (c := _cost(exp, list(runs.values())))}
+    costs = {arm: c for arm, runs in chosen.items() if (c := _cost(exp, arm, list(runs.values())))}
     unknown = set(chosen) - set(costs)
     if unknown:
-        notes.append(f"No FLOPs speedup for {', '.join(sorted(unknown))}: run.json lacks "
-                     "flops_per_token, or the source's pretraining run was not found.")
+        notes.append(f"No FLOPs speedup for {', '.join(sorted(unknown))}: run.json lacks flops_per_token, "
+                     "or the FLOPs of the source's pretraining (an imported donor's are not known) or of "
+                     "its bridge stage are unknown.")
     curves = {arm: {s: r.test for s, r in runs.items()} for arm, runs in chosen.items() if runs}
     scratch_test = [r.test.losses for r in chosen[SCRATCH].values() if r.test]
     comparison = compare_arms(curves, SCRATCH, levels,

@@ -21,6 +21,7 @@ from igpt.transfer.arms import SCRATCH
 from igpt.transfer.metrics import Curve
 
 EXPERIMENT_FILE = "experiment.json"
+STAGES = {"bridge"}  # roles of runs between a source and its targets (igpt.transfer.bridge): part of the arm, not compared
 
 
 # The splits a trainer writes eval records under: "validation" (selection) and "test"
@@ -231,6 +232,20 @@ class Experiment:
         """The pretraining run of `source` (its run.json "source"), None if there is none."""
         return next((r for r in self.sources if r.info.get("source") == source), None)
 
+    def pretraining_flops(self, source: str) -> float | None:
+        """FLOPs spent making `source`'s model: its pretraining run's tokens x FLOPs per token, or
+        for a donor given ready, what experiment.json "donor_flops" records (None: unknown, e.g.
+        an imported language model)."""
+        run = self.source_run(source)
+        if run is not None:
+            return run.tokens_seen * run.flops_per_token or None
+        flops = (self.meta.get("donor_flops") or {}).get(source)
+        return float(flops) if flops else None
+
+    def stage_runs(self, arm: str) -> list[Run]:
+        """The runs between `arm`'s source and its target runs (a bridge run), by run.json "arm"."""
+        return [r for r in self.runs if r.info.get("role") in STAGES and r.info.get("arm") == arm]
+
     def runs_with(self, status: str) -> list[Run]:
         return [r for r in self.runs if r.status == status]
 
@@ -274,9 +289,8 @@ def _assemble(exp_dir: Path, meta: dict[str, Any], runs: list[Run], size: int) -
     """The experiment with its grid over the target runs at train-set size `size`."""
     targets = [r for r in runs if r.info.get("role") == "target"]
     sources = [r for r in runs if r.info.get("role") == "source"]
-    stages = {"bridge"}  # runs between a source and its targets (igpt.transfer.bridge): part of the arm, not compared
     skipped = [f"{r.label}: run.json role {r.info.get('role')!r}, not source, bridge or target"
-               for r in runs if r not in targets and r not in sources and r.info.get("role") not in stages]
+               for r in runs if r not in targets and r not in sources and r.info.get("role") not in STAGES]
     grid: Grid = {}
     for r in targets:
         missing = [k for k in ("arm", "lr", "seed") if k not in r.info]

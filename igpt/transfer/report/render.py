@@ -100,7 +100,7 @@ def headline_text(arm: str, h: Headline) -> str:
         text = (f"{arm}: {fmt_estimate(h.estimate)} fewer steps than {SCRATCH} to reach {level}; "
                 f"{counts}{_bound(h.bound)}.")
     if h.flops is not None:
-        text += f" In total FLOPs, counting the source's pretraining: {fmt_estimate(h.flops)}."
+        text += f" In total FLOPs, counting the source's pretraining and any bridge stage: {fmt_estimate(h.flops)}."
     if h.control is not None:
         text += (f" Over the best control ({h.control}): "
                  + (fmt_estimate(h.vs_control) if h.vs_control else "no ratio") + ".")
@@ -211,12 +211,13 @@ def _comparison_tables(a: Analysis) -> list[Table]:
         "Geometric mean over the seeds with an exact ratio · counts · bound over all seeds.")]
     if any(t.flops for r in arms.values() for t in r.targets):
         tables.append(Table(
-            f"Speedup over {SCRATCH} in total FLOPs, counting the source's pretraining",
+            f"Speedup over {SCRATCH} in total FLOPs, counting the source's pretraining and any bridge stage",
             ["arm", "lr"] + heads,
             [[arm, lr(arm)] + [pooled_cell(t.flops) if t.flops else "FLOPs unknown" for t in r.targets]
              for arm, r in arms.items()],
-            f"{SCRATCH}'s FLOPs to the target ÷ (the source's pretraining FLOPs + the arm's FLOPs "
-            "to the target); FLOPs = tokens × run.json flops_per_token."))
+            f"{SCRATCH}'s FLOPs to the target ÷ (the source's pretraining FLOPs + a bridge stage's + the "
+            "arm's FLOPs to the target); FLOPs = tokens × run.json flops_per_token; a shipped donor's "
+            "pretraining FLOPs from its donor.json."))
     if a.vs_control:
         tables.append(Table(
             "Speedup over the best control, in steps", ["arm", "lr"] + heads,
