@@ -264,6 +264,9 @@ class VQFitTask:
                   f"their reconstructions in {run.root / RECONSTRUCTIONS_FILE}", flush=True)
         return tokenizer
 
+    def completed(self, run: RunDir) -> VQTokenizer:
+        return VQTokenizer.load(run.tokenizer)
+
 
 def fit(cfg: ml_collections.ConfigDict, workdir: str) -> VQTokenizer | None:
     """Fits (or resumes) the tokenizer in `workdir` and saves it to workdir/tokenizer with its
