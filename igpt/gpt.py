@@ -226,6 +226,9 @@ class GPTTask:
     def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, float]) -> None:
         return None
 
+    def completed(self, run: RunDir) -> None:
+        return None
+
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, info: dict[str, Any] | None = None) -> loop.Outcome:
     """Trains (or resumes) the run in `workdir`."""
