@@ -167,9 +167,12 @@ class GPTTask:
         return {"params": params}
 
     def run_info(self) -> dict[str, Any]:
-        """Unique train tokens (D of a data-size sweep) and parameters with and without the
-        embeddings, positions and head (N of a scaling fit counts the rest)."""
-        return {"train_tokens": len(self.data["train"]) * self.cfg.data.seq_len, **self.param_counts}
+        """Unique train tokens (D of a data-size sweep), parameters with and without the
+        embeddings, positions and head (N of a scaling fit counts the rest), and where the data's
+        token ids start in the model's vocabulary (a grow_vocab donor's size, else 0: what
+        igpt-sample and igpt-probe add to the data's tokens)."""
+        return {"train_tokens": len(self.data["train"]) * self.cfg.data.seq_len, **self.param_counts,
+                "token_offset": self.token_offset}
 
     def optimizer_masks(self, params: Any) -> tuple[Any, Any]:
         return transfer_init.param_labels(params, self.cfg.init.mode, self.cfg.init.layers), None

@@ -91,11 +91,12 @@ def feature_mesh(batch: int = BATCH) -> jax.sharding.Mesh:
 
 
 def pooled_features(run: Run, tokens: np.ndarray, mesh: jax.sharding.Mesh, batch: int = BATCH) -> np.ndarray:
-    """Average-pooled residual streams [num_layers + 2, n, d] of token sequences [n, T]."""
+    """Average-pooled residual streams [num_layers + 2, n, d] of token sequences [n, T] (the data
+    tokenizer's ids: the model reads them + the run's token_offset, as it did in training)."""
     rules = axis_rules(run.config)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
         fn = lambda rows: np.asarray(_pooled(run.graphdef, run.params, sharding.put_batch(rows, mesh, rules)))
-        return _in_batches(np.asarray(tokens, np.int32), batch, fn, axis=1)
+        return _in_batches(np.asarray(tokens, np.int32) + run.token_offset, batch, fn, axis=1)
 
 
 # ----------------------------------------------------------------------------- data
@@ -231,11 +232,13 @@ def stitching_penalties(a: Run, b: Run, train: tuple[np.ndarray, np.ndarray], te
                         positions_per_row: int = 16, seed: int = 0) -> tuple[np.ndarray, float]:
     """(stitched test loss minus B's own [layers of A + 1, layers of B + 1], B's own test loss),
     both in bits/token. `train` and `test` are (A's tokens, B's tokens) of the same inputs, row
-    for row. Each map is fitted on train: least squares over `positions_per_row` random positions
-    of each row, then `steps` Adam steps on B's next-token loss at batch `batch`."""
+    for row, as the data tokenizers give them (each model reads them + its run's token_offset).
+    Each map is fitted on train: least squares over `positions_per_row` random positions of each
+    row, then `steps` Adam steps on B's next-token loss at batch `batch`."""
     rules = axis_rules(b.config)
     rng = np.random.default_rng(seed)
-    (train_a, train_b), (test_a, test_b) = ((np.asarray(x, np.int32) for x in pair) for pair in (train, test))
+    (train_a, train_b), (test_a, test_b) = ((np.asarray(x, np.int32) + run.token_offset for x, run in zip(pair, (a, b)))
+                                            for pair in (train, test))
     length = train_a.shape[1]
     if {train_b.shape[1], test_a.shape[1], test_b.shape[1]} != {length}:
         raise DataError(f"stitching needs both runs to read sequences of one length; got {train_a.shape[1]} "
