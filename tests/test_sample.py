@@ -16,8 +16,9 @@ from flax import nnx
 from PIL import Image
 
 from igpt import sharding
-from igpt.commands.sample import save_outputs
-from igpt.data import pipeline
+from igpt.commands.sample import main as sample_main, save_outputs
+from igpt.data import pipeline, specs
+from igpt.gpt import base_config
 from igpt.modalities.image import grey_after, image_grid
 from igpt.model import Transformer, model_config, with_bos
 from igpt.sample import generate, generate_uncached, load_run
@@ -180,3 +181,62 @@ def test_cli_samples_png_grids_from_the_8_device_checkpoint_on_one_device(run_di
     # 8x8 tiles scaled to 64 with 6-pixel gaps; prompt | completion | original under a 20-pixel header row
     assert Image.open(tmp_path / "completions.png").size == (6 + 3 * 70, 20 + 6 + 3 * 70)
     assert Image.open(tmp_path / "unconditional.png").size == (6 + 3 * 70, 6 + 70)  # one row of three
+
+
+# ---------------------------------------------------------------- audio of a chosen length
+
+def write_run(workdir, cfg, step: int = 3) -> None:
+    """A run directory as igpt-train leaves it (config, tokenizer, a checkpoint of fresh params
+    on one device), without the training."""
+    tokenizer = pipeline.build_tokenizer(cfg.data, cache_dir=str(RunDir.at(workdir).tokenizer))
+    mesh = one_device_mesh()
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(cfg.axis_rules):
+        params = nnx.state(Transformer(cfg.model, tokenizer.vocab_size, cfg.data.seq_len, rngs=nnx.Rngs(0)), nnx.Param)
+        state = {"params": params, "step": jax.device_put(jnp.array(step, jnp.int32), sharding.replicated(mesh))}
+    RunDir.at(workdir).write_config(json.loads(cfg.to_json_best_effort()))
+    ckpt = Checkpointer(RunDir.at(workdir).checkpoints, keep=1, async_save=False)
+    ckpt.save(step, state, {"step": step})
+    ckpt.close()
+
+
+@pytest.fixture(scope="module")
+def audio_run_dir(tmp_path_factory, data_dir):
+    """A nano mu-law run on shipped music at 8 kHz, 64 samples a sequence."""
+    cfg = base_config(model=model_config("nano"), data=specs.audio("shipped:music", seq_len=SEQ, tokenizer="mulaw:256",
+                                                                   sample_rate=8000, data_dir=data_dir, max_examples=4))
+    workdir = tmp_path_factory.mktemp("audio_run")
+    write_run(workdir, cfg)
+    return workdir
+
+
+def wav_frames(path) -> int:
+    with wave.open(str(path)) as f:
+        assert (f.getframerate(), f.getnchannels()) == (8000, 1)
+        return f.getnframes()
+
+
+@pytest.mark.parametrize("seconds,samples", [(0.02, 160), (0.005, 40)])  # 2.5 windows of 64 samples; under one
+def test_igpt_sample_seconds_writes_audio_of_that_length(audio_run_dir, tmp_path, seconds, samples):
+    assert sample_main([f"--workdir={audio_run_dir}", f"--out={tmp_path}", "--num=2", f"--seconds={seconds}"]) == 0
+    tokens = np.load(tmp_path / "samples.npz")
+    assert tokens["completions"].shape == tokens["unconditional"].shape == (2, samples)
+    np.testing.assert_array_equal(tokens["completions"][:, :32], tokens["originals"][:, :32])
+    for i in range(2):
+        assert wav_frames(tmp_path / f"completion_{i}.wav") == wav_frames(tmp_path / f"unconditional_{i}.wav") == samples
+        assert wav_frames(tmp_path / f"original_{i}.wav") == SEQ  # the real audio stays one sequence
+
+
+def test_seconds_is_refused_on_an_image_run_in_one_line(run_dir, tmp_path, capsys):
+    workdir, _ = run_dir
+    with pytest.raises(SystemExit) as done:
+        sample_main([f"--workdir={workdir}", f"--out={tmp_path / 'out'}", "--seconds=1"])
+    assert done.value.code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("igpt: error: --seconds is for audio runs;") and "image" in err[0]
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit) as done:
+        sample_main([f"--workdir={workdir}", f"--out={tmp_path}", "--seconds=0"])
+    assert done.value.code == 2 and "--seconds 0: give a positive length" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        sample_main(["--help"])
+    assert done.value.code == 0 and "--seconds SECONDS" in capsys.readouterr().out

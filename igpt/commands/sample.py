@@ -1,4 +1,4 @@
-"""igpt-sample --workdir RUN --out DIR [--num 8] [--temperature 1.0] [--top_k 0] [--prompt_fraction 0.5]
+"""igpt-sample --workdir RUN --out DIR [--num 8] [--temperature 1.0] [--top_k 0] [--prompt_fraction 0.5] [--seconds S]
 
 Loads RUN's config.json, tokenizer and latest checkpoint (written on any mesh), then samples:
 completions of the first `prompt_fraction` of real eval sequences (the top half of an image,
@@ -9,6 +9,11 @@ the start of a sound) and unconditional samples. Writes by modality (igpt/modali
   text    completions.txt, unconditional.txt
 and samples.npz with every token. Temperature 0 is greedy decoding. --workdir and --out may be
 local or gs://.
+
+Audio runs only: --seconds S makes the completions and unconditional samples S seconds long at
+the run's sample rate (to within one token's worth of samples). Past the model's sequence the
+window slides: each further half sequence is drawn seeing the half before it
+(igpt.sample.generate_long). The originals stay one sequence long.
 """
 from __future__ import annotations
 
@@ -43,9 +48,14 @@ def main(argv: list[str] | None = None) -> int:
                         help="share of each real sequence given as the prompt")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--seconds", type=float, default=None,
+                        help="audio runs only: completions and unconditional samples this many seconds long, "
+                             "past the model's sequence by a sliding window (default: one sequence)")
     args = parser.parse_args(argv)
     if args.num < 1 or args.temperature < 0 or args.top_k < 0 or not 0.0 <= args.prompt_fraction < 1.0:
         parser.error("need --num >= 1, --temperature >= 0, --top_k >= 0 and 0 <= --prompt_fraction < 1.")
+    if args.seconds is not None and not (math.isfinite(args.seconds) and args.seconds > 0):
+        parser.error(f"--seconds {args.seconds:g}: give a positive length in seconds.")
     from igpt.paths import as_path, is_object_storage
     if as_path(args.out).is_file():  # said now, not after the sampling
         parser.error(f"--out {args.out} is a file; give a directory (created if missing).")
@@ -56,9 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     from igpt import sharding
     from igpt.data import pipeline
     from igpt.errors import fail_clearly
-    from igpt.sample import axis_rules, generate, load_run
+    from igpt.modalities import ModalityError
+    from igpt.sample import axis_rules, generate, generate_long, load_run, read_config, tokens_for_seconds
 
     with fail_clearly():
+        if args.seconds is not None:  # refused before the checkpoint is read
+            modality = read_config(args.workdir).data.modality
+            if modality != "audio":
+                raise ModalityError(f"--seconds is for audio runs; {args.workdir} is a run on {modality} "
+                                    "(its samples are one sequence long): drop --seconds.")
         mesh_cfg = sharding.mesh_config()
         mesh_cfg.num_devices = math.gcd(args.num, jax.device_count())  # the batch splits evenly
         mesh = sharding.make_mesh(mesh_cfg)
@@ -69,12 +85,20 @@ def main(argv: list[str] | None = None) -> int:
         originals = eval_ds.batch(0, args.num, shuffle=False)
         key = jax.random.key(args.seed)
         rules = axis_rules(cfg)
+        draw = dict(temperature=args.temperature, top_k=args.top_k, token_offset=run.token_offset)
         with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-            prompt = sharding.put_batch(originals[:, :prompt_tokens], mesh, rules)
-            completions = generate(run.graphdef, run.params, prompt, key, args.temperature, args.top_k)
-            empty = sharding.put_batch(originals[:, :0], mesh, rules)
-            unconditional = generate(run.graphdef, run.params, empty, jax.random.fold_in(key, 1),
-                                     args.temperature, args.top_k)
+            put = lambda rows: sharding.put_batch(rows, mesh, rules)  # noqa: E731
+            if args.seconds is None:
+                completions = generate(run.graphdef, run.params, put(originals[:, :prompt_tokens]), key, **draw)
+                unconditional = generate(run.graphdef, run.params, put(originals[:, :0]), jax.random.fold_in(key, 1),
+                                         **draw)
+            else:
+                total = tokens_for_seconds(run.tokenizer, seq_len, cfg.data.sample_rate, args.seconds)
+                prompt_tokens = min(prompt_tokens, total)
+                completions = generate_long(run.graphdef, run.params, originals[:, :prompt_tokens], key, total,
+                                            put, **draw)
+                unconditional = generate_long(run.graphdef, run.params, originals[:, :0], jax.random.fold_in(key, 1),
+                                              total, put, **draw)
         completions, unconditional = np.asarray(completions), np.asarray(unconditional)
         out = as_path(args.out)
         if not is_object_storage(out):  # object storage has no directories to create
