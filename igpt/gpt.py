@@ -15,8 +15,8 @@ import optax
 from flax import nnx
 
 from igpt import sharding
-from igpt.data import pipeline, sources
-from igpt.model import Transformer, flops_per_token, with_bos
+from igpt.data import pipeline, sources, specs
+from igpt.model import Transformer, flops_per_token, model_config, with_bos
 from igpt.training import loop, optim
 from igpt.training.metrics import bits
 from igpt.training.rundir import RunDir
@@ -231,6 +231,9 @@ class GPTTask:
 
     def completed(self, run: RunDir) -> None:
         return None
+
+    def defaults(self) -> ml_collections.ConfigDict:
+        return base_config(model_config(), specs.text(""))
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str, info: dict[str, Any] | None = None) -> loop.Outcome:

@@ -211,6 +211,20 @@ def test_a_changed_config_is_refused_on_resume_untouched(tmp_path, data_dir, ref
     assert _mtimes(workdir) == before
 
 
+def test_a_setting_igpt_gained_after_a_run_started_resumes_at_its_default_and_is_refused_at_another(
+        tmp_path, data_dir):
+    cfg = tiny_config(data_dir, steps=40)
+    run = RunDir.at(tmp_path).prepare()
+    written_before = json.loads(cfg.to_json_best_effort())  # config.json of an igpt without these settings
+    del written_before["init"]["vocab_init"], written_before["wandb"], written_before["train"]["patience"]
+    run.write_config(written_before)
+    assert loop.check_resume(run, cfg, GPTTask(cfg).defaults())[1] == []
+    cfg.init.vocab_init, cfg.train.patience = "random", 3
+    with pytest.raises(loop.ResumeMismatchError, match=r"\(init.vocab_init: 'mean' -> 'random'; "
+                                                       r"train.patience: 0 -> 3\)"):
+        loop.check_resume(run, cfg, GPTTask(cfg).defaults())
+
+
 def test_checkpoint_of_another_shape_is_refused_untouched_even_when_changes_are_accepted(
         tmp_path, data_dir, reference):
     workdir = tmp_path / "other"

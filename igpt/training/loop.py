@@ -34,7 +34,7 @@ from igpt.training.preemption import PreemptionFlag
 from igpt.training import tracking
 from igpt.training.progress import (Progress, closing_line, complete_line, duration, parameter_count, resume_line,
                                     start_banner)
-from igpt.training.rundir import RunDir, config_differences, write_json_atomic
+from igpt.training.rundir import RunDir, config_differences, with_defaults, write_json_atomic
 
 # Settings a resume may change without train.accept_config_changes: where and how often, not what.
 RESUMABLE_CHANGES = ("mesh.", "distributed.", "data.data_dir", "train.log_every", "train.eval_every",
@@ -85,6 +85,10 @@ class Task(Protocol):
     unit: str                  # what throughput counts: "token" or "example"
     units_per_row: int         # of them in one batch row
     flops_per_unit: float      # training FLOPs per unit (0: not counted), for MFU and run.json
+
+    def defaults(self) -> ml_collections.ConfigDict:
+        """The config of a run that set nothing: a setting a run's config.json lacks (igpt gained
+        it after the run started) resumes as unchanged at this value."""
 
     def check(self) -> None:
         """Refuse a bad config before the workdir is touched."""
@@ -216,13 +220,16 @@ def check_config(task: Task) -> None:
     refuse(config_problems(task))
 
 
-def check_resume(run: RunDir, cfg: ml_collections.ConfigDict) -> tuple[dict[str, Any], list[str]]:
+def check_resume(run: RunDir, cfg: ml_collections.ConfigDict,
+                 defaults: ml_collections.ConfigDict) -> tuple[dict[str, Any], list[str]]:
     """(the config as JSON, its accepted changes to what the run computes); refuses such changes
-    to config.json's unless train.accept_config_changes."""
+    to config.json's unless train.accept_config_changes. A setting config.json lacks counts at
+    its value in `defaults` (the run started before igpt had it)."""
     current = json.loads(cfg.to_json_best_effort())
     saved = run.read_config()
     if saved is None:
         return current, []
+    saved = with_defaults(saved, json.loads(defaults.to_json_best_effort()))
     changed = [d for d in config_differences(saved, current) if not d.startswith(RESUMABLE_CHANGES)]
     if changed and not cfg.train.accept_config_changes:
         raise ResumeMismatchError(
@@ -299,7 +306,7 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
     rules = tuple(cfg.axis_rules)
     sharding.check_batch(t.global_batch, mesh, rules)
     run_dir = RunDir.at(workdir).prepare()
-    config_json, changed = check_resume(run_dir, cfg)
+    config_json, changed = check_resume(run_dir, cfg, task.defaults())
     is_main = jax.process_index() == 0
     started = time.perf_counter()
     if is_main:

@@ -151,6 +151,18 @@ class RunDir:
         return info
 
 
+def with_defaults(saved: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """`saved` with every key it lacks taken from `defaults`, at any depth: a config.json written
+    before igpt gained a setting, read as a run that left the setting at its default."""
+    filled = dict(saved)
+    for key, default in defaults.items():
+        if key not in filled:
+            filled[key] = default
+        elif isinstance(filled[key], dict) and isinstance(default, dict):
+            filled[key] = with_defaults(filled[key], default)
+    return filled
+
+
 def config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
     """Dotted keys whose values differ between two config dicts, as "key: saved -> current"."""
     found = []

@@ -116,6 +116,11 @@ class BridgeTask(GPTTask):
         """GPT's (parameter counts of the Transformer, classifier not counted), the classes and blocks."""
         return dict(super().run_info(), classes=self.cfg.bridge.classes, blocks=list(self.cfg.bridge.blocks))
 
+    def defaults(self) -> ml_collections.ConfigDict:
+        c = super().defaults()
+        c.bridge = task_section()
+        return c
+
     def optimizer_masks(self, params: Any) -> tuple[Any, Any]:
         return bridge_labels(params, tuple(self.cfg.bridge.blocks)), None
 

@@ -29,13 +29,13 @@ import optax
 from flax import nnx
 
 from igpt import sharding
-from igpt.data import pipeline
+from igpt.data import pipeline, specs
 from igpt.modalities import signal
 from igpt.modalities.image import write_png
 from igpt.tokenizers.base import TokenizerError
 from igpt.tokenizers.reconstruction import code_usage, perplexity
-from igpt.tokenizers.vq.network import abstract_model, check_model, init_params
-from igpt.tokenizers.vq.quantizers import build_quantizer
+from igpt.tokenizers.vq.network import abstract_model, check_model, init_params, model_config as network_config
+from igpt.tokenizers.vq.quantizers import build_quantizer, quantizer_config
 from igpt.tokenizers.vq.tokenizer import VQTokenizer
 from igpt.training import loop, optim
 from igpt.training.rundir import RunDir
@@ -263,6 +263,9 @@ class VQFitTask:
             print(f"saved {run.tokenizer}: use it as data.tokenizer='vq:{run.tokenizer}'; held-out examples beside "
                   f"their reconstructions in {run.root / RECONSTRUCTIONS_FILE}", flush=True)
         return tokenizer
+
+    def defaults(self) -> ml_collections.ConfigDict:
+        return base_config(network_config(), quantizer_config(), specs.images(""))
 
     def completed(self, run: RunDir) -> VQTokenizer:
         return VQTokenizer.load(run.tokenizer)
