@@ -222,7 +222,8 @@ def test_igpt_sample_seconds_writes_audio_of_that_length(audio_run_dir, tmp_path
     assert tokens["completions"].shape == tokens["unconditional"].shape == (2, samples)
     np.testing.assert_array_equal(tokens["completions"][:, :32], tokens["originals"][:, :32])
     for i in range(2):
-        assert wav_frames(tmp_path / f"completion_{i}.wav") == wav_frames(tmp_path / f"unconditional_{i}.wav") == samples
+        for kind in ("completion", "unconditional"):
+            assert wav_frames(tmp_path / f"{kind}_{i}.wav") == samples
         assert wav_frames(tmp_path / f"original_{i}.wav") == SEQ  # the real audio stays one sequence
 
 
