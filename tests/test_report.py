@@ -228,6 +228,8 @@ def test_interval_words_say_how_far_to_trust_them():
     assert fmt_estimate(Estimate(1.93, 1.41, 2.64, "t", 5, 0.95)) == "1.93× [1.41, 2.64] (95% t-interval, 5 seeds)"
     assert fmt_estimate(Estimate(1.93, 1.41, 2.64, "range", 3, 0.95)) == "1.93× [1.41, 2.64] (range over 3 seeds)"
     assert fmt_estimate(Estimate(1.93, None, None, "none", 1, 0.95)) == "1.93× (1 seed, no interval)"
+    assert fmt_estimate(Estimate(0.0097, 0.0067, 0.014, "t", 5, 0.95)) == \
+        "0.0097× [0.0067, 0.014] (95% t-interval, 5 seeds)"  # not "0.01× [0.01, 0.01]"
 
 
 def test_unreached_target_is_censored_and_counted(experiment, tmp_path):
@@ -357,6 +359,14 @@ def test_single_run_dirs_and_rewrite_in_place(experiment, tmp_path):
     second = write_report([run], out)  # an existing report is replaced whole
     assert second["single_runs"] == first["single_runs"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r"]
+
+
+def test_an_experiment_is_named_as_given_and_summary_keeps_its_full_path(experiment, tmp_path, monkeypatch):
+    monkeypatch.chdir(experiment.parent)
+    summary = write_report([experiment.name], tmp_path / "out")
+    assert f"Experiment prose_music_to_images ({experiment.name}) is IN PROGRESS" in \
+        (tmp_path / "out" / "report.md").read_text()
+    assert summary["experiments"][0]["dir"] == str(experiment)
 
 
 def test_refuses_to_replace_a_directory_that_is_not_a_report(experiment, tmp_path):

@@ -6,6 +6,7 @@ Curves are read in bits per token.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -185,6 +186,11 @@ class Experiment:
     grid: Grid
     skipped: list[str]
     size: int = 0
+    label: str = ""  # the directory as the user gave it (labels_as_given); "" for its full path
+
+    @property
+    def shown_as(self) -> str:
+        return self.label or str(self.dir)
 
     @property
     def sizes(self) -> list[int]:
@@ -193,7 +199,7 @@ class Experiment:
 
     def at_size(self, size: int) -> "Experiment":
         """The same experiment with its grid over the target runs at `size`."""
-        return _assemble(self.dir, self.meta, self.runs, size)
+        return dataclasses.replace(_assemble(self.dir, self.meta, self.runs, size), label=self.label)
 
     @property
     def name(self) -> str:
@@ -308,9 +314,11 @@ def _assemble(exp_dir: Path, meta: dict[str, Any], runs: list[Run], size: int) -
     return Experiment(exp_dir, meta, runs, sources, grid, skipped, size)
 
 
-def read_experiment(exp_dir: Path, run_dirs: list[Path]) -> Experiment:
+def read_experiment(exp_dir: Path, run_dirs: list[Path], label: str = "") -> Experiment:
     """The experiment and its runs, target runs placed by their run.json arm, lr and seed; in a
-    data-size sweep the grid holds the largest target size (Experiment.at_size gives the others)."""
+    data-size sweep the grid holds the largest target size (Experiment.at_size gives the others).
+    `label`: the directory as the user gave it."""
     meta = _read_meta(exp_dir)
     runs = [read_run(d, str(d.relative_to(exp_dir))) for d in run_dirs]
-    return _assemble(exp_dir, meta, runs, max([int(n) for n in meta.get("target_sizes") or ()], default=0))
+    exp = _assemble(exp_dir, meta, runs, max([int(n) for n in meta.get("target_sizes") or ()], default=0))
+    return dataclasses.replace(exp, label=label)

@@ -162,8 +162,9 @@ def write_report(inputs: list[str | Path], out_dir: str | Path, *, log_x: bool =
     taken: set[str] = set()
     analyses, sections = [], []
     sweeps = {}
+    exp_labels = labels_as_given(inputs, list(owned))
     for exp_dir, run_dirs in owned.items():
-        exp = read_experiment(exp_dir, run_dirs)
+        exp = read_experiment(exp_dir, run_dirs, exp_labels.get(exp_dir, ""))
         a = analyse(exp, targets)
         analyses.append(a)
         slug = _slug(a.experiment.name, taken)

@@ -35,10 +35,16 @@ class Section:
 
 # ----------------------------------------------------------------------------- cells and lines
 
+def fmt_ratio(x: float, digits: int = 2) -> str:
+    """`digits` decimals, or under 0.1 two significant digits ("0.0097"): fixed decimals would
+    print a FLOPs speedup of 0.0097 as 0.01."""
+    return f"{x:,.{digits}f}" if abs(x) >= 0.1 or x == 0 else f"{x:.2g}"
+
+
 def fmt_estimate(e: Estimate, unit: str = "×", digits: int = 2) -> str:
     """"1.93× [1.41, 2.64] (95% t-interval, 5 seeds)", "1.93× [1.41, 2.64] (range over 3 seeds)"
     or "1.93× (1 seed, no interval)": the words say how far the interval can be trusted."""
-    v = lambda x: f"{x:,.{digits}f}"
+    v = lambda x: fmt_ratio(x, digits)
     if e.kind == "t":
         return f"{v(e.mean)}{unit} [{v(e.lo)}, {v(e.hi)}] ({e.confidence:.0%} t-interval, {e.n} seeds)"
     if e.kind == "range":
@@ -49,7 +55,7 @@ def fmt_estimate(e: Estimate, unit: str = "×", digits: int = 2) -> str:
 def _bound(b: Bound | None) -> str:
     if b is None:
         return ""
-    return f"; over all seeds {'≤' if b.side == 'at_most' else '≥'} {b.value:.2f}×"
+    return f"; over all seeds {'≤' if b.side == 'at_most' else '≥'} {fmt_ratio(b.value)}×"
 
 
 def pooled_cell(p: Pooled) -> str:
@@ -188,7 +194,7 @@ def _method(a: Analysis) -> list[str]:
 
 def _intro(a: Analysis) -> list[str]:
     exp = a.experiment
-    lines = [f"Experiment {exp.name} ({exp.dir}) is {exp.status.upper()}"
+    lines = [f"Experiment {exp.name} ({exp.shown_as}) is {exp.status.upper()}"
              + ("" if exp.complete else ": numbers below will change as runs finish") + "."]
     heads = a.headlines
     lines += [headline_text(arm, h) for arm, h in heads.items()]
