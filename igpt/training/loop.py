@@ -311,7 +311,7 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
     started = time.perf_counter()
     if is_main:
         print("\n".join(start_banner(task, run_dir.root, mesh)), flush=True)
-    done = finished_earlier(run_dir, t.steps)
+    done = finished_earlier(run_dir, t.steps, changed)
     if done is not None:  # no data, model or checkpoint to load
         evals = _evals_logged_at(run_dir, done)
         if is_main:
@@ -368,11 +368,11 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
         return outcome
 
 
-def finished_earlier(run: RunDir, steps: int) -> int | None:
-    """The step a run in `run` finished at, when run.json says it finished the same `steps`
-    (check_resume has refused, or accepted, any other change); None when there is something to train."""
+def finished_earlier(run: RunDir, steps: int, changed: list[str]) -> int | None:
+    """The step a run in `run` finished at, when run.json says it finished the same `steps` and
+    the config is unchanged; None when there is something to train (or to check on a resume)."""
     info = run.read_info()
-    if not info.get("finished") or info.get("status") != "finished" or info.get("steps") != steps:
+    if changed or not info.get("finished") or info.get("status") != "finished" or info.get("steps") != steps:
         return None
     return int(info["step"])
 
