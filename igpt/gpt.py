@@ -229,9 +229,6 @@ class GPTTask:
     def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, float]) -> None:
         return None
 
-    def completed(self, run: RunDir) -> None:
-        return None
-
     def defaults(self) -> ml_collections.ConfigDict:
         return base_config(model_config(), specs.text(""))
 
