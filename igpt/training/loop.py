@@ -32,8 +32,7 @@ from igpt.training.early_stopping import EarlyStopping
 from igpt.training.metrics import MetricsWriter, read_metrics
 from igpt.training.preemption import PreemptionFlag
 from igpt.training import tracking
-from igpt.training.progress import (Progress, closing_line, complete_line, duration, parameter_count, resume_line,
-                                    start_banner)
+from igpt.training.progress import Progress, closing_line, duration, parameter_count, resume_line, start_banner
 from igpt.training.rundir import RunDir, config_differences, with_defaults, write_json_atomic
 
 # Settings a resume may change without train.accept_config_changes: where and how often, not what.
@@ -126,9 +125,6 @@ class Task(Protocol):
 
     def finish(self, state: dict[str, Any], run: RunDir, last_eval: dict[str, dict[str, float]]) -> Any:
         """After the last step (not after a stop): e.g. save the fitted tokenizer."""
-
-    def completed(self, run: RunDir) -> Any:
-        """What `finish` returned, read back from a run that finished earlier (e.g. its saved tokenizer)."""
 
 
 @dataclasses.dataclass
@@ -311,14 +307,6 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
     started = time.perf_counter()
     if is_main:
         print("\n".join(start_banner(task, run_dir.root, mesh)), flush=True)
-    done = finished_earlier(run_dir, t.steps, changed)
-    if done is not None:  # no data, model or checkpoint to load
-        evals = _evals_logged_at(run_dir, done)
-        if is_main:
-            print(complete_line(done, t.steps, run_dir.run_info), flush=True)
-            finals = {split: dict(m, **task.describe(m, done)) for split, m in evals.items()}
-            print(closing_line(task.kind, done, done, time.perf_counter() - started, finals, run_dir.root), flush=True)
-        return Outcome(done, False, bool(run_dir.read_info().get("stopped_early")), {}, evals, task.completed(run_dir))
 
     with on_mesh(mesh, rules):
         task.setup(run_dir, mesh)
@@ -366,15 +354,6 @@ def run(task: Task, workdir: str, *, info: dict[str, Any] | None = None) -> Outc
                 print(closing_line(task.kind, start or 0, outcome.step, time.perf_counter() - started, finals,
                                    run_dir.root), flush=True)
         return outcome
-
-
-def finished_earlier(run: RunDir, steps: int, changed: list[str]) -> int | None:
-    """The step a run in `run` finished at, when run.json says it finished the same `steps` and
-    the config is unchanged; None when there is something to train (or to check on a resume)."""
-    info = run.read_info()
-    if changed or not info.get("finished") or info.get("status") != "finished" or info.get("steps") != steps:
-        return None
-    return int(info["step"])
 
 
 def _evals_logged_at(run_dir: RunDir, step: int) -> dict[str, dict[str, float]]:

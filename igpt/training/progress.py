@@ -115,11 +115,6 @@ def resume_line(start: int | None, steps: int, params: int, checkpoint: Any) -> 
     return model + f"resumed from step {_count(start)} of {_count(steps)} (checkpoint {checkpoint})"
 
 
-def complete_line(step: int, steps: int, record: Any) -> str:
-    """A rerun of a finished run: said at once, before any data or model is loaded."""
-    return f"  run      already complete at step {_count(step)} of {_count(steps)} ({record}): nothing to train"
-
-
 def closing_line(kind: str, start: int, step: int, wall_s: float, evals: dict[str, dict[str, float]],
                  workdir: Any) -> str:
     """The last line of a finished run: steps, wall time, final held-out numbers, where things are."""

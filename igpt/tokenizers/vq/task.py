@@ -267,9 +267,6 @@ class VQFitTask:
     def defaults(self) -> ml_collections.ConfigDict:
         return base_config(network_config(), quantizer_config(), specs.images(""))
 
-    def completed(self, run: RunDir) -> VQTokenizer:
-        return VQTokenizer.load(run.tokenizer)
-
 
 def fit(cfg: ml_collections.ConfigDict, workdir: str) -> VQTokenizer | None:
     """Fits (or resumes) the tokenizer in `workdir` and saves it to workdir/tokenizer with its
