@@ -11,7 +11,7 @@ import pytest
 
 from igpt.training.rundir import RunDir
 from igpt.transfer.arms import TransferError
-from igpt.transfer.experiment import (check_seeds, remaining_runs, run_experiment, source_runs,
+from igpt.transfer.experiment import (check_seeds, experiment_config, remaining_runs, run_experiment, source_runs,
                                       sweep_runs)
 from igpt.transfer.report import write_report
 from trainer_fixtures import REPO, cli_env
@@ -157,3 +157,17 @@ def test_every_runs_settings_are_checked_before_any_source_pretrains(tmp_path):
     assert lines == ["2 settings to fix:", "optim.lr=nan and optim.warmup_steps=10 must be finite and >= 0.",
                      "train.log_every=0 must be at least 1."]
     assert not (tmp_path / "exp").exists() and not (tmp_path / "tfds").exists(), "nothing made before the check"
+
+
+def test_workers_default_to_one_per_core_on_a_cpu_host_and_to_one_elsewhere(monkeypatch):
+    from igpt import hardware
+    from igpt.transfer import workers
+    assert experiment_config().workers == 0
+    assert workers.count(0) == hardware.usable_cores() and workers.count(3) == 3
+    with pytest.raises(TransferError, match=r"workers=-1: give the trainings to run at once"):
+        workers.check(-1)
+    monkeypatch.setattr(workers, "on_one_cpu_host", lambda: False)  # an accelerator, or several hosts
+    assert workers.count(0) == 1
+    workers.check(0)
+    with pytest.raises(TransferError, match="set workers=1"):
+        workers.check(2)

@@ -41,6 +41,7 @@ def get_config(data_dir: str = "~/.cache/igpt/tfds", variant: str = "planted"):
     c.seeds = (0, 1, 2)
     c.lrs = (1e-2,)
     c.representations = False  # probes of these runs: tests/test_representations.py
+    c.workers = 1  # in the test's process: tests time it, patch it and read its log
     if variant == "controls":
         c.target.optim.schedule = "constant"
         c.arms = (SCRATCH, "digits/full", "digits/stats_init", "digits/shuffled_source", "mimetic", "frozen_random")

@@ -83,7 +83,8 @@ def experiment_config() -> ml_collections.ConfigDict:
         target_sizes=(),                        # a data-size sweep: train examples per point, each a prefix of the
                                                 # next; every arm runs each (empty: the whole train split)
         scratch_sizes=(),                       # larger sizes only scratch runs, to read D_E within its range
-        workers=1,                              # trainings at once, each its own process (CPU hosts)
+        workers=0,                              # trainings at once, each its own process on a CPU host;
+                                                # 0: one per CPU core there, 1 on accelerators (workers.count)
         representations=True,                   # with a labelled target: linear probes of every target run
                                                 # and CKA / stitching between arms (igpt.representation_runs)
         positions="interpolate",
@@ -268,15 +269,16 @@ def train_once(cfg: ml_collections.ConfigDict, run_dir: Path, info: dict[str, An
 
 
 def _train_all(runs: RunSpecs, exp_dir: Path, c, log) -> None:
-    """Every run not finished yet: in this process, or spread over `c.workers` processes."""
+    """Every run not finished yet: in this process, or spread over workers.count(c.workers) processes."""
     todo = []
     for rel, (cfg, info) in runs.items():
         if RunDir(exp_dir / rel).read_info().get("finished"):
             log(f"done already: {exp_dir / rel}")
         else:
             todo.append((cfg, exp_dir / rel, dict(info, experiment=c.name)))
-    if c.workers > 1 and len(todo) > 1:
-        workers.train_in_parallel(todo, c.workers, compilation_cache(exp_dir), log)
+    n = workers.count(c.workers)
+    if n > 1 and len(todo) > 1:
+        workers.train_in_parallel(todo, n, compilation_cache(exp_dir), log)
         return
     with pipeline.examples_cache():  # the runs read the same data
         for cfg, run_dir, info in todo:
@@ -299,8 +301,7 @@ def run_experiment(c: ml_collections.ConfigDict, exp_dir: str | Path, log=print)
     check_sources(c)
     gpt_runs = [*source_runs(c).values(), *(cfg for cfg, _ in sweep.values())]
     check_runs([*map(GPTTask, gpt_runs), *(bridge.BridgeTask(cfg) for cfg, _ in bridge_runs(c, exp_dir).values())])
-    if c.workers > 1:
-        workers.check(c.workers)
+    workers.check(c.workers)
     RunDir(exp_dir).prepare()  # a bucket that cannot be written is said before any work
     _write_experiment(exp_dir, c, complete=False)
     pipeline.build_tokenizer(c.target.data, cache_dir=exp_dir / TARGET_TOKENIZER)

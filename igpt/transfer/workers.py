@@ -21,6 +21,7 @@ import jax
 import ml_collections
 from etils.epath import Path
 
+from igpt import hardware
 from igpt.transfer.arms import TransferError
 
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
@@ -28,9 +29,23 @@ ONE_THREAD = "--xla_cpu_multi_thread_eigen=false"
 Job = tuple[ml_collections.ConfigDict, Path, dict[str, Any]]  # (config, run dir, run.json info)
 
 
+def on_one_cpu_host() -> bool:
+    return jax.process_count() == 1 and jax.default_backend() == "cpu"
+
+
+def count(workers: int) -> int:
+    """The trainings an experiment runs at once: `workers`, or for 0 one per usable core on a
+    single CPU host (the fast path there: small models leave cores idle) and 1 elsewhere."""
+    if workers:
+        return workers
+    return hardware.usable_cores() if on_one_cpu_host() else 1
+
+
 def check(workers: int) -> None:
     """Parallel workers share one host's CPU cores; accelerators and multi-host runs take one run at a time."""
-    if jax.process_count() > 1 or jax.default_backend() != "cpu":
+    if workers < 0:
+        raise TransferError(f"workers={workers}: give the trainings to run at once (0: one per CPU core).")
+    if workers > 1 and not on_one_cpu_host():
         raise TransferError(f"workers={workers} trains several runs at once on one host's CPU cores; on "
                             f"{jax.process_count()} process(es) with {jax.default_backend()} devices set workers=1.")
 
