@@ -20,7 +20,8 @@ from igpt.modalities import ModalityError
 from igpt.sharding import MeshError
 from igpt.tokenizers.base import TokenizerError
 from igpt.training.checkpoint import CheckpointDamagedError, CheckpointMismatchError
-from igpt.training.loop import NonFiniteLossError, ResumeMismatchError, TrainConfigError
+from igpt.training.loop import NonFiniteLossError, TrainConfigError
+from igpt.training.resume import ResumeMismatchError
 from igpt.training.optim import OptimizerError
 from igpt.training.preemption import exit_outside_steps
 from igpt.training.rundir import WorkdirError

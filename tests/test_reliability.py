@@ -28,7 +28,7 @@ from igpt.data import pipeline, shipped, specs
 from igpt.data.errors import DataError
 from igpt.errors import fail_clearly, parse_flags_clearly
 from igpt.gpt import GPTTask
-from igpt.training import loop
+from igpt.training import loop, resume
 from igpt.training import checkpoint
 from igpt.training.checkpoint import CheckpointDamagedError, Checkpointer
 from igpt.training.metrics import MetricsWriter, read_metrics
@@ -136,7 +136,7 @@ def _restore(root: Path, template):
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), template)
     ckpt = Checkpointer(root, keep=5, async_save=False)
     try:
-        return loop.restore_newest_intact(ckpt, RunDir.at(root.parent), abstract, {"seed": 0}, is_main=True)
+        return resume.restore_newest_intact(ckpt, RunDir.at(root.parent), abstract, {"seed": 0}, is_main=True)
     finally:
         ckpt.close()
 

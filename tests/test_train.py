@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from igpt.gpt import GPTTask, train
-from igpt.training import loop, optim
+from igpt.training import loop, optim, resume
 from igpt.training.loop import NonFiniteLossError
 from igpt.training.metrics import read_metrics
 from igpt.training.rundir import RunDir
@@ -214,11 +214,11 @@ def test_a_setting_igpt_gained_after_a_run_started_resumes_at_its_default_and_is
     written_before = json.loads(cfg.to_json_best_effort())  # config.json of an igpt without these settings
     del written_before["init"]["vocab_init"], written_before["wandb"], written_before["train"]["patience"]
     run.write_config(written_before)
-    assert loop.check_resume(run, cfg, GPTTask(cfg).defaults())[1] == []
+    assert resume.check_resume(run, cfg, GPTTask(cfg).defaults())[1] == []
     cfg.init.vocab_init, cfg.train.patience = "random", 3
-    with pytest.raises(loop.ResumeMismatchError, match=r"\(init.vocab_init: 'mean' -> 'random'; "
+    with pytest.raises(resume.ResumeMismatchError, match=r"\(init.vocab_init: 'mean' -> 'random'; "
                                                        r"train.patience: 0 -> 3\)"):
-        loop.check_resume(run, cfg, GPTTask(cfg).defaults())
+        resume.check_resume(run, cfg, GPTTask(cfg).defaults())
 
 
 def test_checkpoint_of_another_shape_is_refused_untouched_even_when_changes_are_accepted(
